@@ -1,0 +1,213 @@
+"""The ``georouter`` command: check, serve, route, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from georouter import demo
+from georouter.app import create_app
+from georouter.clientip import IPAddress, parse_address
+from georouter.config import Config, load
+from georouter.errors import ConfigError, GeoDatabaseError, Problem
+from georouter.geo import GeoDatabase
+from georouter.metrics import Metrics
+from georouter.router import AssumeAllUp, Router
+from georouter.server import ListenAddress, ListenError, configure_logging, serve, stop_on_signals
+
+DEFAULT_CONFIG = "clusters.toml"
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+
+def _config_path(value: str | None) -> Path:
+    return Path(value or os.environ.get("GEOROUTER_CONFIG") or DEFAULT_CONFIG)
+
+
+def open_database(config: Config) -> GeoDatabase:
+    """The configured GeoIP database, or a ConfigError naming ``geoip.database``."""
+    try:
+        return GeoDatabase(
+            config.geoip.database,
+            cache_networks=config.geoip.cache_networks,
+            max_age_days=config.geoip.max_age_days,
+            now=time.time(),
+        )
+    except GeoDatabaseError as exc:
+        raise ConfigError([Problem("geoip.database", str(exc))]) from exc
+
+
+def load_checked(path: Path) -> Config:
+    """Load the config and prove that its GeoIP database opens."""
+    config = load(path)
+    open_database(config).close()
+    return config
+
+
+def _report(path: Path, exc: ConfigError) -> int:
+    print(f"georouter: {path}: invalid configuration", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    try:
+        config = load(path)
+        db = open_database(config)
+    except ConfigError as exc:
+        return _report(path, exc)
+    info = db.info
+    db.close()
+    print(f"{path}: ok: {len(config.clusters)} clusters, fallback {config.router.fallback}")
+    built = time.strftime("%Y-%m-%d", time.gmtime(info.build_epoch))
+    print(f"GeoIP: {info.database_type} built {built} ({info.path})")
+    if info.stale:
+        print(
+            f"warning: the GeoIP database is {info.age_days:.0f} days old;"
+            " install a current GeoIP2/GeoLite2 City database for accurate locations"
+        )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    path = _config_path(args.config)
+    try:
+        config = load_checked(path)
+    except ConfigError as exc:
+        return _report(path, exc)
+    try:
+        sock = ListenAddress.parse(args.listen).bind()
+    except ListenError as exc:
+        print(f"georouter: --listen: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("georouter").info("serving %d clusters from %s", len(config.clusters), path)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        await serve(create_app(config), sock, stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _address(text: str) -> IPAddress:
+    addr = parse_address(text)
+    if addr is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 or IPv6 address")
+    return addr
+
+
+def cmd_route(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    try:
+        config = load(path)
+        db = open_database(config)
+    except ConfigError as exc:
+        return _report(path, exc)
+    try:
+        router = Router(config, locator=db, health=AssumeAllUp(), metrics=Metrics())
+        decisions = [router.decide(ip).as_json(explain=args.explain) for ip in args.addresses]
+    finally:
+        db.close()
+    if args.json:
+        out: object = decisions[0] if len(decisions) == 1 else {"decisions": decisions}
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        print(demo.format_table(decisions, {}))
+        if args.explain:
+            for d in decisions:
+                print(f"\n{d['client_ip']}:")
+                for c in d["explain"]:  # type: ignore[attr-defined]
+                    dist = "-" if c["distance_km"] is None else f"{c['distance_km']:,.0f} km"
+                    print(f"  {c['cluster']:<20} {dist:>10}  {c['why']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    configure_logging("warning")
+    path = _config_path(args.config)
+    try:
+        config = load_checked(path)
+    except ConfigError as exc:
+        return _report(path, exc)
+    try:
+        sock = ListenAddress.parse(args.listen).bind()
+    except ListenError as exc:
+        print(
+            f"georouter: --listen: {exc} (try --listen 127.0.0.1:0 for any free port)",
+            file=sys.stderr,
+        )
+        return 2
+    return demo.main(config, sock, once=args.once)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="georouter", description="Geo-aware multi-cluster HTTP request router."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config_help = f"clusters file (default: $GEOROUTER_CONFIG, else ./{DEFAULT_CONFIG})"
+
+    p = sub.add_parser("check", help="validate a configuration and its GeoIP database")
+    p.add_argument("--config", metavar="PATH", help=config_help)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("serve", help="run an edge")
+    p.add_argument("--config", metavar="PATH", help=config_help)
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default=DEFAULT_LISTEN,
+        help=f"address to serve on (default {DEFAULT_LISTEN}; port 0: any free port)",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("route", help="decide offline where clients go (all clusters taken as up)")
+    p.add_argument("addresses", nargs="+", type=_address, metavar="ADDR")
+    p.add_argument("--config", metavar="PATH", help=config_help)
+    p.add_argument("--json", action="store_true", help="print the decisions as JSON")
+    p.add_argument("--explain", action="store_true", help="show every cluster and why")
+    p.set_defaults(func=cmd_route)
+
+    p = sub.add_parser("demo", help="run stand-in clusters and an edge, and show it routing")
+    p.add_argument("--config", metavar="PATH", help=config_help)
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default=DEFAULT_LISTEN,
+        help=f"address of the demo edge (default {DEFAULT_LISTEN})",
+    )
+    p.add_argument("--once", action="store_true", help="print the table and exit")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in ("check", "route"):
+        # check prints its own warnings; route shows the log's once, briefly.
+        configure_logging("error" if args.command == "check" else "warning", brief=True)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:
+        # `georouter route ... | head`: the reader left; that is not an error.
+        sys.stderr.close()
+        code = 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

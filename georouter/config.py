@@ -1,0 +1,353 @@
+"""Configuration: ``clusters.toml`` into frozen, validated dataclasses.
+
+``load(path)`` reads the file; ``parse(mapping)`` is pure and validates the
+whole document at once, so one run of ``georouter check`` reports every
+problem, each named by its key path (``clusters[2].lat: must be within
+-90..90``). Unknown keys are errors: a typo must never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from georouter.errors import ConfigError, Problem
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+T = TypeVar("T")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class ClientIpHeader(StrEnum):
+    """Which forwarding header a trusted proxy sets.
+
+    Only one is read, never "whichever is present": a trusted proxy that
+    appends to ``X-Forwarded-For`` passes a client's own ``Forwarded`` header
+    through untouched, so reading both would let any client choose its address.
+    """
+
+    X_FORWARDED_FOR = "x-forwarded-for"
+    FORWARDED = "forwarded"
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    name: str
+    url: str
+    lat: float
+    lon: float
+    health_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSettings:
+    fallback: str
+    trusted_proxies: tuple[Network, ...] = ()
+    client_ip_header: ClientIpHeader = ClientIpHeader.X_FORWARDED_FOR
+    max_forwarded_hops: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class GeoipSettings:
+    # None: the GeoLite2 City snapshot shipped by the maxminddb-geolite2 package.
+    database: Path | None = None
+    max_age_days: int = 30
+    cache_networks: int = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    path: str = "/healthz"
+    interval_s: float = 5.0
+    timeout_s: float = 2.0
+    rise: int = 2
+    fall: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    clusters: tuple[Cluster, ...]
+    router: RouterSettings
+    geoip: GeoipSettings = field(default_factory=GeoipSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+
+    def cluster(self, name: str) -> Cluster | None:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        return None
+
+
+class _Section:
+    """Reads one table, recording a problem per bad key and rejecting unknown keys."""
+
+    def __init__(self, table: Any, path: str, problems: list[Problem]) -> None:
+        self.path = path
+        self.problems = problems
+        self.seen: set[str] = set()
+        if isinstance(table, Mapping):
+            self.table: Mapping[str, Any] = table
+        else:
+            self.table = {}
+            self.problem("", "must be a table")
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def problem(self, name: str, message: str) -> None:
+        self.problems.append(Problem(self.key(name) if name else self.path, message))
+
+    def get(
+        self, name: str, kind: Callable[[Any], T | str], default: T, *, required: bool = False
+    ) -> T:
+        """The value of ``name`` checked by ``kind``, which returns a value or an error text."""
+        self.seen.add(name)
+        if name not in self.table:
+            if required:
+                self.problem(name, "is required")
+            return default
+        result = kind(self.table[name])
+        if isinstance(result, _Error):
+            self.problem(name, str(result))
+            return default
+        return result  # type: ignore[return-value]
+
+    def finish(self) -> None:
+        for name in self.table:
+            if name not in self.seen:
+                self.problem(name, "unknown key")
+
+
+class _Error(str):
+    """An error text, distinguishable from a valid string value."""
+
+
+def _string(value: Any) -> str | _Error:
+    if not isinstance(value, str):
+        return _Error(f"must be a string, not {_type_name(value)}")
+    return value
+
+
+def _number(low: float, high: float) -> Callable[[Any], float | _Error]:
+    def check(value: Any) -> float | _Error:
+        # bool is an int in Python; `lat = true` is a typo, not 1.0.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return _Error(f"must be a number, not {_type_name(value)}")
+        if not math.isfinite(value) or not low <= value <= high:
+            return _Error(f"must be within {_fmt(low)}..{_fmt(high)}")
+        return float(value)
+
+    return check
+
+
+def _positive(value: Any) -> float | _Error:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _Error(f"must be a number, not {_type_name(value)}")
+    if not math.isfinite(value) or value <= 0:
+        return _Error("must be greater than 0")
+    return float(value)
+
+
+def _count(low: int, high: int) -> Callable[[Any], int | _Error]:
+    def check(value: Any) -> int | _Error:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return _Error(f"must be an integer, not {_type_name(value)}")
+        if not low <= value <= high:
+            return _Error(f"must be within {low}..{high}")
+        return value
+
+    return check
+
+
+def _url(value: Any) -> str | _Error:
+    if not isinstance(value, str):
+        return _Error(f"must be a string, not {_type_name(value)}")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        return _Error(f"is not a valid URL ({exc})")
+    if parts.scheme not in ("http", "https"):
+        return _Error(f"must be an http:// or https:// URL, not {value!r}")
+    if not parts.hostname:
+        return _Error(f"has no host: {value!r}")
+    if port == 0:
+        return _Error(f"has port 0: {value!r}")
+    if parts.query or parts.fragment:
+        return _Error(f"must not have a query or fragment: {value!r}")
+    if any(ch.isspace() for ch in value):
+        return _Error(f"must not contain whitespace: {value!r}")
+    return value.rstrip("/")
+
+
+def _http_path(value: Any) -> str | _Error:
+    if not isinstance(value, str):
+        return _Error(f"must be a string, not {_type_name(value)}")
+    if not value.startswith("/") or any(ch.isspace() for ch in value):
+        return _Error(f"must be a path starting with '/', not {value!r}")
+    return value
+
+
+def _networks(value: Any) -> tuple[Network, ...] | _Error:
+    if not isinstance(value, list):
+        return _Error(f"must be a list of CIDR strings, not {_type_name(value)}")
+    nets: list[Network] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            return _Error(f"[{i}] must be a CIDR string, not {_type_name(item)}")
+        try:
+            net = ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            return _Error(f"[{i}] is not an IP address or CIDR: {item!r}")
+        # A mapped IPv6 range would never match: peers are normalised to IPv4 first.
+        if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped:
+            v4 = net.network_address.ipv4_mapped
+            net = ipaddress.IPv4Network(f"{v4}/{max(net.prefixlen - 96, 0)}", strict=False)
+        nets.append(net)
+    return tuple(nets)
+
+
+def _choice(enum: type[ClientIpHeader]) -> Callable[[Any], ClientIpHeader | _Error]:
+    def check(value: Any) -> ClientIpHeader | _Error:
+        try:
+            return enum(value)
+        except ValueError:
+            allowed = ", ".join(repr(m.value) for m in enum)
+            return _Error(f"must be one of {allowed}, not {value!r}")
+
+    return check
+
+
+def _type_name(value: Any) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if x == int(x) else str(x)
+
+
+def _parse_cluster(table: Any, path: str, problems: list[Problem]) -> Cluster | None:
+    s = _Section(table, path, problems)
+    before = len(problems)
+    name = s.get("name", _string, "", required=True)
+    if name and not _NAME_RE.match(name):
+        s.problem("name", f"must be 1-63 letters, digits, '.', '_' or '-', not {name!r}")
+    url = s.get("url", _url, "", required=True)
+    lat = s.get("lat", _number(-90, 90), 0.0, required=True)
+    lon = s.get("lon", _number(-180, 180), 0.0, required=True)
+    health_url = s.get("health_url", _url, None)
+    s.finish()
+    if len(problems) > before:
+        return None
+    return Cluster(name=name, url=url, lat=lat, lon=lon, health_url=health_url)
+
+
+def parse(document: Mapping[str, Any], *, base_dir: Path | None = None) -> Config:
+    """Validate a decoded TOML document; raise ``ConfigError`` listing every problem.
+
+    Relative file paths are resolved against ``base_dir`` (the config file's folder).
+    """
+    problems: list[Problem] = []
+    top = _Section(document, "", problems)
+
+    clusters: list[Cluster] = []
+    raw_clusters = top.get("clusters", lambda v: v, None, required=True)
+    top.seen.add("clusters")
+    if raw_clusters is not None:
+        if not isinstance(raw_clusters, list) or not raw_clusters:
+            problems.append(Problem("clusters", "must be a non-empty array of [[clusters]] tables"))
+        else:
+            first_at: dict[str, int] = {}
+            for i, raw in enumerate(raw_clusters):
+                cluster = _parse_cluster(raw, f"clusters[{i}]", problems)
+                if cluster is None:
+                    continue
+                if cluster.name in first_at:
+                    first = f"clusters[{first_at[cluster.name]}]"
+                    problems.append(
+                        Problem(
+                            f"clusters[{i}].name",
+                            f"duplicate name {cluster.name!r} (first at {first})",
+                        )
+                    )
+                    continue
+                first_at[cluster.name] = i
+                clusters.append(cluster)
+
+    r = _Section(document.get("router", {}), "router", problems)
+    top.seen.add("router")
+    default_fallback = clusters[0].name if clusters else ""
+    fallback = r.get("fallback", _string, default_fallback)
+    if "fallback" in r.table and isinstance(r.table["fallback"], str):
+        names = [c.name for c in clusters]
+        if fallback not in names and not (raw_clusters and len(clusters) < len(raw_clusters)):
+            r.problem("fallback", f"names no cluster: {fallback!r} (clusters: {', '.join(names)})")
+    router = RouterSettings(
+        fallback=fallback,
+        trusted_proxies=r.get("trusted_proxies", _networks, ()),
+        client_ip_header=r.get(
+            "client_ip_header", _choice(ClientIpHeader), ClientIpHeader.X_FORWARDED_FOR
+        ),
+        max_forwarded_hops=r.get("max_forwarded_hops", _count(1, 100), 20),
+    )
+    r.finish()
+
+    g = _Section(document.get("geoip", {}), "geoip", problems)
+    top.seen.add("geoip")
+    database = g.get("database", _string, "")
+    db_path: Path | None = None
+    if database:
+        db_path = Path(database).expanduser()
+        if not db_path.is_absolute() and base_dir is not None:
+            db_path = base_dir / db_path
+    geoip = GeoipSettings(
+        database=db_path,
+        max_age_days=g.get("max_age_days", _count(1, 36500), 30),
+        cache_networks=g.get("cache_networks", _count(0, 10_000_000), 65536),
+    )
+    g.finish()
+
+    h = _Section(document.get("health", {}), "health", problems)
+    top.seen.add("health")
+    health = HealthSettings(
+        path=h.get("path", _http_path, "/healthz"),
+        interval_s=h.get("interval_s", _positive, 5.0),
+        timeout_s=h.get("timeout_s", _positive, 2.0),
+        rise=h.get("rise", _count(1, 1000), 2),
+        fall=h.get("fall", _count(1, 1000), 3),
+    )
+    h.finish()
+
+    top.finish()
+    if problems:
+        raise ConfigError(problems)
+    return Config(clusters=tuple(clusters), router=router, geoip=geoip, health=health)
+
+
+def load(path: Path) -> Config:
+    """Read and validate a ``clusters.toml`` file."""
+    try:
+        with path.open("rb") as f:
+            document = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), f"cannot read: {exc.strerror or exc}")]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem(str(path), f"invalid TOML: {exc}")]) from exc
+    return parse(document, base_dir=path.resolve().parent)

@@ -1,0 +1,35 @@
+"""Where a client is: the value every location source produces and the policy reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class LocationSource(StrEnum):
+    GEOIP = "geoip"
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A client's position. ``lat``/``lon`` are None when only the country is known
+    (a GeoIP2 Country database): such a location cannot be ranked by distance."""
+
+    lat: float | None
+    lon: float | None
+    country: str | None
+    accuracy_km: float | None
+    source: LocationSource
+
+    @property
+    def has_point(self) -> bool:
+        return self.lat is not None and self.lon is not None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "lat": self.lat,
+            "lon": self.lon,
+            "country": self.country,
+            "accuracy_km": self.accuracy_km,
+            "source": self.source.value,
+        }

@@ -1,0 +1,99 @@
+"""Active health checks: one probing task per cluster, feeding the pure state machine.
+
+Every edge probes every cluster itself, so one edge's view never depends on
+another's. All probes share one ``httpx.AsyncClient`` owned by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+import httpx
+
+from georouter.config import Cluster, HealthSettings
+from georouter.health import HealthState, ProbeResult, Status, observe
+
+log = logging.getLogger(__name__)
+
+
+def probe_url(cluster: Cluster, settings: HealthSettings) -> str:
+    return cluster.health_url or cluster.url + settings.path
+
+
+class HealthMonitor:
+    """Holds each cluster's ``HealthState``; ``run()`` keeps it current until cancelled."""
+
+    def __init__(
+        self,
+        clusters: tuple[Cluster, ...],
+        settings: HealthSettings,
+        client: httpx.AsyncClient,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.clusters = clusters
+        self.settings = settings
+        self._client = client
+        self._clock = clock
+        self.states: dict[str, HealthState] = {c.name: HealthState() for c in clusters}
+        self._first_round_left = {c.name for c in clusters}
+        # Set once every cluster has had its first probe: nothing is routed before.
+        self.first_round_done = asyncio.Event()
+
+    def unroutable(self) -> Mapping[str, str]:
+        """Clusters that take no traffic now, with why (for the policy)."""
+        return {
+            name: "down" if st.status is Status.DOWN else "not probed yet"
+            for name, st in self.states.items()
+            if not st.routable
+        }
+
+    async def probe(self, cluster: Cluster) -> ProbeResult:
+        url = probe_url(cluster, self.settings)
+        try:
+            response = await self._client.get(
+                url, timeout=self.settings.timeout_s, follow_redirects=False
+            )
+        except httpx.TimeoutException:
+            return ProbeResult(ok=False, detail=f"timeout after {self.settings.timeout_s:g}s")
+        except httpx.ConnectError as exc:
+            return ProbeResult(ok=False, detail=f"connect error: {exc or type(exc).__name__}")
+        except httpx.HTTPError as exc:
+            return ProbeResult(ok=False, detail=f"{type(exc).__name__}: {exc}")
+        ok = 200 <= response.status_code < 300
+        return ProbeResult(ok=ok, detail=f"HTTP {response.status_code}")
+
+    def record(self, cluster: Cluster, result: ProbeResult) -> HealthState:
+        before = self.states[cluster.name]
+        after = observe(
+            before,
+            result,
+            now=self._clock(),
+            rise=self.settings.rise,
+            fall=self.settings.fall,
+        )
+        self.states[cluster.name] = after
+        if after.status is not before.status:
+            # Losing a cluster is what an operator must see; the rest is news.
+            level = logging.WARNING if after.status is Status.DOWN else logging.INFO
+            log.log(level, "cluster %s is %s (%s)", cluster.name, after.status.value, result.detail)
+        self._first_round_left.discard(cluster.name)
+        if not self._first_round_left:
+            self.first_round_done.set()
+        return after
+
+    async def _watch(self, cluster: Cluster) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            self.record(cluster, await self.probe(cluster))
+            await asyncio.sleep(max(0.0, self.settings.interval_s - (loop.time() - started)))
+
+    async def run(self) -> None:
+        """Probe every cluster every ``interval_s`` until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            for cluster in self.clusters:
+                tg.create_task(self._watch(cluster), name=f"health:{cluster.name}")

@@ -1,0 +1,102 @@
+"""Serving the app with Hypercorn on a socket we bind ourselves.
+
+Binding here (not in Hypercorn) means the address is known, and printed,
+before the first request, even for port 0, and a bad ``--listen`` is reported
+as such instead of as a traceback from deep inside the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import socket
+from dataclasses import dataclass
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config as HypercornConfig
+from starlette.types import ASGIApp
+
+log = logging.getLogger(__name__)
+
+
+class ListenError(ValueError):
+    """A ``--listen`` value that cannot be bound; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> ListenAddress:
+        """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (all interfaces)."""
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ListenError(f"expected HOST:PORT, not {text!r}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        host = host or "0.0.0.0"
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host != "localhost":
+                raise ListenError(f"{host!r} is not an IP address") from None
+        if not (port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535):
+            raise ListenError(f"port must be 0..65535, not {port_text!r}")
+        return cls(host, int(port_text))
+
+    def bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.bind((self.host, self.port))
+            sock.listen(1024)
+        except OSError as exc:
+            sock.close()
+            raise ListenError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from exc
+        sock.setblocking(False)
+        return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _hypercorn_config(sock: socket.socket) -> HypercornConfig:
+    config = HypercornConfig()
+    # Hypercorn takes ownership of the descriptor and closes it on shutdown.
+    config.bind = [f"fd://{sock.detach()}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    # Hypercorn never times out a slow request by default (a slowloris door).
+    config.read_timeout = 30
+    config.keep_alive_timeout = 5
+    config.graceful_timeout = 5
+    config.include_server_header = False
+    return config
+
+
+async def serve(app: ASGIApp, sock: socket.socket, stop: asyncio.Event) -> None:
+    """Serve ``app`` on ``sock`` until ``stop`` is set; lifespan shutdown runs before return."""
+    url = url_of(sock)
+    config = _hypercorn_config(sock)
+    log.info("listening on %s", url)
+    await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGINT and SIGTERM set ``stop`` (a graceful shutdown) instead of raising."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def configure_logging(level: str = "info", *, brief: bool = False) -> None:
+    fmt = "georouter: %(message)s" if brief else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level.upper(), format=fmt)

@@ -44,6 +44,11 @@ def parse_address(text: str) -> IPAddress | None:
         return None
 
 
+def _bracketed(inner: str) -> IPAddress | None:
+    # Brackets hold IPv6 only; a mapped address inside is still normalised to IPv4.
+    return parse_address(inner) if ":" in inner else None
+
+
 def _port_ok(port: str) -> bool:
     return port.isascii() and port.isdigit() and len(port) <= 5 and int(port) <= 65535
 
@@ -58,8 +63,7 @@ def parse_xff_entry(entry: str) -> IPAddress | None:
         rest = entry[close + 1 :]
         if rest and not (rest.startswith(":") and _port_ok(rest[1:])):
             return None
-        addr = parse_address(entry[1:close])
-        return addr if isinstance(addr, ipaddress.IPv6Address) else None
+        return _bracketed(entry[1:close])
     if entry.count(":") == 1:
         host, port = entry.split(":")
         if not _port_ok(port):
@@ -143,8 +147,7 @@ def parse_forwarded_node(node: str) -> IPAddress | None:
         rest = node[close + 1 :]
         if rest and not (rest.startswith(":") and _node_port_ok(rest[1:])):
             return None
-        addr = parse_address(node[1:close])
-        return addr if isinstance(addr, ipaddress.IPv6Address) else None
+        return _bracketed(node[1:close])
     host, sep, port = node.partition(":")
     if sep and not _node_port_ok(port):
         return None
@@ -204,7 +207,7 @@ class TrustRule:
         else:
             entries = _xff_entries(header_lines)
             parse = parse_xff_entry
-        for entry in reversed(entries[-self.max_hops :]):
+        for entry in reversed(entries[max(len(entries) - self.max_hops, 0) :]):
             hop = parse(entry)
             if hop is None:
                 break

@@ -138,6 +138,20 @@ def _string(value: Any) -> str | _Error:
     return value
 
 
+def _clusters_array(value: Any) -> list[Any] | _Error:
+    if not isinstance(value, list) or not value:
+        return _Error("must be a non-empty array of [[clusters]] tables")
+    return value
+
+
+def _cluster_name(value: Any) -> str | _Error:
+    if not isinstance(value, str):
+        return _Error(f"must be a string, not {_type_name(value)}")
+    if not _NAME_RE.match(value):
+        return _Error(f"must be 1-63 letters, digits, '.', '_' or '-', not {value!r}")
+    return value
+
+
 def _number(low: float, high: float) -> Callable[[Any], float | _Error]:
     def check(value: Any) -> float | _Error:
         # bool is an int in Python; `lat = true` is a typo, not 1.0.
@@ -246,9 +260,7 @@ def _fmt(x: float) -> str:
 def _parse_cluster(table: Any, path: str, problems: list[Problem]) -> Cluster | None:
     s = _Section(table, path, problems)
     before = len(problems)
-    name = s.get("name", _string, "", required=True)
-    if name and not _NAME_RE.match(name):
-        s.problem("name", f"must be 1-63 letters, digits, '.', '_' or '-', not {name!r}")
+    name = s.get("name", _cluster_name, "", required=True)
     url = s.get("url", _url, "", required=True)
     lat = s.get("lat", _number(-90, 90), 0.0, required=True)
     lon = s.get("lon", _number(-180, 180), 0.0, required=True)
@@ -268,37 +280,30 @@ def parse(document: Mapping[str, Any], *, base_dir: Path | None = None) -> Confi
     top = _Section(document, "", problems)
 
     clusters: list[Cluster] = []
-    raw_clusters = top.get("clusters", lambda v: v, None, required=True)
-    top.seen.add("clusters")
-    if raw_clusters is not None:
-        if not isinstance(raw_clusters, list) or not raw_clusters:
-            problems.append(Problem("clusters", "must be a non-empty array of [[clusters]] tables"))
-        else:
-            first_at: dict[str, int] = {}
-            for i, raw in enumerate(raw_clusters):
-                cluster = _parse_cluster(raw, f"clusters[{i}]", problems)
-                if cluster is None:
-                    continue
-                if cluster.name in first_at:
-                    first = f"clusters[{first_at[cluster.name]}]"
-                    problems.append(
-                        Problem(
-                            f"clusters[{i}].name",
-                            f"duplicate name {cluster.name!r} (first at {first})",
-                        )
-                    )
-                    continue
-                first_at[cluster.name] = i
-                clusters.append(cluster)
+    # Every name written, valid entry or not, so a duplicate or a fallback is
+    # judged against what the operator wrote rather than what survived validation.
+    names_at: dict[str, int] = {}
+    raw_clusters: list[Any] = top.get("clusters", _clusters_array, [], required=True)
+    for i, raw in enumerate(raw_clusters):
+        path = f"clusters[{i}]"
+        cluster = _parse_cluster(raw, path, problems)
+        name = raw.get("name") if isinstance(raw, Mapping) else None
+        if isinstance(name, str) and name in names_at:
+            first = f"clusters[{names_at[name]}]"
+            problems.append(Problem(f"{path}.name", f"duplicate name {name!r} (first at {first})"))
+            continue
+        if isinstance(name, str):
+            names_at[name] = i
+        if cluster is not None:
+            clusters.append(cluster)
 
     r = _Section(document.get("router", {}), "router", problems)
     top.seen.add("router")
     default_fallback = clusters[0].name if clusters else ""
     fallback = r.get("fallback", _string, default_fallback)
-    if "fallback" in r.table and isinstance(r.table["fallback"], str):
-        names = [c.name for c in clusters]
-        if fallback not in names and not (raw_clusters and len(clusters) < len(raw_clusters)):
-            r.problem("fallback", f"names no cluster: {fallback!r} (clusters: {', '.join(names)})")
+    if "fallback" in r.table and isinstance(r.table["fallback"], str) and fallback not in names_at:
+        known = ", ".join(names_at) or "none"
+        r.problem("fallback", f"names no cluster: {fallback!r} (clusters: {known})")
     router = RouterSettings(
         fallback=fallback,
         trusted_proxies=r.get("trusted_proxies", _networks, ()),

@@ -117,14 +117,14 @@ class GeoDatabase:
     def __init__(self, path: Path | None, *, cache_networks: int, max_age_days: int, now: float):
         self.bundled = path is None
         self.path = bundled_database() if path is None else path
+        if self.path.is_dir():
+            raise GeoDatabaseError(f"is a directory, not a database file: {self.path}")
         try:
             self._reader = maxminddb.open_database(str(self.path), maxminddb.MODE_AUTO)
         except FileNotFoundError as exc:
             raise GeoDatabaseError(f"no such file: {self.path}") from exc
         except PermissionError as exc:
             raise GeoDatabaseError(f"cannot read {self.path}: permission denied") from exc
-        except IsADirectoryError as exc:
-            raise GeoDatabaseError(f"is a directory, not a database file: {self.path}") from exc
         except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
             raise GeoDatabaseError(f"not a MaxMind DB file: {self.path} ({exc})") from exc
         meta = self._reader.metadata()

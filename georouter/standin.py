@@ -58,6 +58,8 @@ class _Handler(BaseHTTPRequestHandler):
         body_in = self.rfile.read(length) if length else b""
         standin.requests += 1
         if self.path.split("?")[0] == standin.health_path:
+            # A slow health endpoint, as from an overloaded cluster (tests set it).
+            standin.health_gate.wait(timeout=30)
             status = standin.health_status
             payload = {"cluster": standin.name, "status": status}
         else:
@@ -94,6 +96,9 @@ class StandIn:
         self.port = port
         self.health_path = health_path
         self.health_status = int(HTTPStatus.OK)
+        # Cleared: health requests hang until it is set again (or 30 s pass).
+        self.health_gate = threading.Event()
+        self.health_gate.set()
         self.requests = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None

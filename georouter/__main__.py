@@ -1,0 +1,5 @@
+import sys
+
+from georouter.cli import main
+
+sys.exit(main())

@@ -1,0 +1,164 @@
+"""Real parts for the tests: config files, stand-in clusters, `georouter serve` processes.
+
+Everything here starts real processes and servers on loopback and stops them;
+waiting is always on a condition with a deadline, never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+from georouter.standin import StandIn
+
+REPO = Path(__file__).resolve().parent.parent
+GEODATA = REPO / "geodata"
+TEST_CITY_DB = GEODATA / "georouter-test-city.mmdb"
+TEST_COUNTRY_DB = GEODATA / "georouter-test-country.mmdb"
+TEST_ASN_DB = GEODATA / "georouter-test-asn.mmdb"
+
+T = TypeVar("T")
+
+# Cluster coordinates used across the tests (real cloud-region locations).
+SITES: dict[str, tuple[float, float]] = {
+    "us-east": (38.9445, -77.4558),
+    "us-west": (45.8399, -119.7006),
+    "sa-east": (-23.5505, -46.6333),
+    "eu-west": (53.3498, -6.2603),
+    "eu-central": (50.1109, 8.6821),
+    "af-south": (-33.9249, 18.4241),
+    "ap-northeast": (35.6762, 139.6503),
+    "ap-sydney": (-33.8688, 151.2093),
+}
+
+
+def wait_for(
+    condition: Callable[[], T | None], *, timeout_s: float, what: str, every_s: float = 0.02
+) -> T:
+    """Poll ``condition`` until it returns a truthy value; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what} (last: {last!r})")
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def config_text(clusters: Iterable[dict[str, object]], **sections: dict[str, object]) -> str:
+    """A clusters.toml document: ``sections`` are tables (router=..., health=...)."""
+    lines: list[str] = []
+    for name, table in sections.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in table.items())
+        lines.append("")
+    for cluster in clusters:
+        lines.append("[[clusters]]")
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in cluster.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cluster_entries(standins: dict[str, StandIn]) -> list[dict[str, object]]:
+    return [
+        {"name": name, "url": s.url, "lat": SITES[name][0], "lon": SITES[name][1]}
+        for name, s in standins.items()
+    ]
+
+
+FAST_HEALTH: dict[str, object] = {"interval_s": 0.1, "timeout_s": 0.5, "rise": 2, "fall": 3}
+
+
+@dataclass
+class Edge:
+    """A running `georouter serve` process."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+    client: httpx.Client = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = httpx.Client(base_url=self.url, timeout=5)
+
+    def get(self, path: str, **kwargs: object) -> httpx.Response:
+        return self.client.get(path, **kwargs)  # type: ignore[arg-type]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        return self.process.returncode
+
+
+def georouter_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "georouter", *args]
+
+
+def start_edge(config_path: Path, log_path: Path, *, ready: bool = True) -> Edge:
+    """Start `georouter serve` on a free port; wait until it listens (and is ready)."""
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        georouter_command("serve", "--config", str(config_path), "--listen", "127.0.0.1:0"),
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    log_file.close()
+
+    def listening() -> str | None:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"georouter serve exited with {process.returncode}:\n{log_path.read_text()}"
+            )
+        match = re.search(r"listening on (http://\S+)", log_path.read_text(errors="replace"))
+        return match.group(1) if match else None
+
+    try:
+        url = wait_for(listening, timeout_s=30, what="georouter serve to listen")
+        edge = Edge(process, url, log_path)
+        if ready:
+            wait_for(lambda: _status(edge, "/readyz") == 200, timeout_s=30, what=f"{url}/readyz")
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return edge
+
+
+def _status(edge: Edge, path: str) -> int | None:
+    try:
+        return edge.get(path).status_code
+    except httpx.TransportError:
+        return None

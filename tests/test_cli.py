@@ -1,0 +1,158 @@
+"""The `georouter` command, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.harness import REPO, TEST_ASN_DB, TEST_CITY_DB, config_text, georouter_command
+
+GOOD_CLUSTERS = [
+    {"name": "eu-west", "url": "https://eu.example.net", "lat": 53.35, "lon": -6.26},
+    {"name": "ap-northeast", "url": "https://jp.example.net", "lat": 35.68, "lon": 139.65},
+    {"name": "us-east", "url": "https://us.example.net", "lat": 38.94, "lon": -77.46},
+]
+
+
+def run(*args: str, cwd: Path = REPO, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        georouter_command(*args),
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def good_config(write_config: Callable[[str], Path], **geoip: object) -> Path:
+    return write_config(
+        config_text(
+            GOOD_CLUSTERS,
+            router={"fallback": "us-east"},
+            geoip={"database": str(TEST_CITY_DB), **geoip},
+        )
+    )
+
+
+def test_check_accepts_the_repo_example() -> None:
+    result = run("check")
+    assert result.returncode == 0, result.stderr
+    assert "clusters.toml: ok: 11 clusters, fallback us-east" in result.stdout
+    assert "GeoLite2-City" in result.stdout
+
+
+def test_check_prints_every_problem_with_its_key_path(
+    write_config: Callable[[str], Path],
+) -> None:
+    bad = [dict(GOOD_CLUSTERS[0], lat=123), dict(GOOD_CLUSTERS[1], name="eu-west", colour="red")]
+    path = write_config(config_text(bad, router={"fallback": "nowhere"}))
+    result = run("check", "--config", str(path))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"georouter: {path}: invalid configuration"
+    assert lines[1:] == [
+        "  clusters[0].lat: must be within -90..90",
+        "  clusters[1].colour: unknown key",
+        "  clusters[1].name: duplicate name 'eu-west' (first at clusters[0])",
+        "  router.fallback: names no cluster: 'nowhere' (clusters: eu-west)",
+    ]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("database", "message"),
+    [
+        pytest.param(str(TEST_ASN_DB), "geoip.database: ", id="asn"),
+        pytest.param("/nonexistent/City.mmdb", "geoip.database: no such file", id="missing"),
+        pytest.param(
+            str(REPO / "README.md"), "geoip.database: not a MaxMind DB file", id="not-a-database"
+        ),
+    ],
+)
+def test_check_refuses_an_unusable_database(
+    write_config: Callable[[str], Path], database: str, message: str
+) -> None:
+    result = run("check", "--config", str(good_config(write_config, database=database)))
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_of_a_missing_file_names_it(tmp_path: Path) -> None:
+    result = run("check", "--config", str(tmp_path / "nope.toml"))
+    assert result.returncode == 1
+    assert "nope.toml: cannot read" in result.stderr
+
+
+def test_serve_refuses_an_invalid_config_with_the_same_messages(
+    write_config: Callable[[str], Path],
+) -> None:
+    path = write_config(config_text([dict(GOOD_CLUSTERS[0], lon=500)]))
+    result = run("serve", "--config", str(path), "--listen", "127.0.0.1:0")
+    assert result.returncode == 1
+    assert "clusters[0].lon: must be within -180..180" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        pytest.param("localhost", "expected HOST:PORT", id="no-port"),
+        pytest.param("127.0.0.1:http", "port must be 0..65535", id="named-port"),
+        pytest.param("127.0.0.1:70000", "port must be 0..65535", id="port-range"),
+        pytest.param("my-host:80", "is not an IP address", id="hostname"),
+        pytest.param("192.0.2.1:8080", "cannot listen on 192.0.2.1:8080", id="foreign-address"),
+    ],
+)
+def test_serve_names_a_bad_listen_address(
+    write_config: Callable[[str], Path], listen: str, message: str
+) -> None:
+    result = run("serve", "--config", str(good_config(write_config)), "--listen", listen)
+    assert result.returncode == 2
+    assert "--listen" in result.stderr
+    assert message in result.stderr
+
+
+def test_route_decides_offline_as_json(write_config: Callable[[str], Path]) -> None:
+    path = good_config(write_config)
+    result = run("route", "202.12.27.33", "--config", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    decision = json.loads(result.stdout)
+    assert decision["cluster"] == "ap-northeast"
+    assert decision["reason"] == "nearest"
+    assert decision["location"]["country"] == "JP"
+
+
+def test_route_prints_a_table_for_several_addresses(write_config: Callable[[str], Path]) -> None:
+    path = good_config(write_config)
+    result = run("route", "81.2.69.1", "10.0.0.1", "--config", str(path), "--explain")
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.splitlines()
+    assert rows[0].split() == ["CLIENT", "WHERE", "COUNTRY", "CLUSTER", "DISTANCE", "REASON"]
+    assert rows[1].split()[:3] == ["81.2.69.1", "GB", "eu-west"]
+    assert rows[2].split()[:3] == ["10.0.0.1", "-", "us-east"]
+    assert "nearest routable cluster" in result.stdout
+
+
+def test_route_names_a_bad_address_argument(write_config: Callable[[str], Path]) -> None:
+    result = run("route", "1.2.3.999", "--config", str(good_config(write_config)))
+    assert result.returncode == 2
+    assert "argument ADDR: '1.2.3.999' is not an IPv4 or IPv6 address" in result.stderr
+
+
+def test_demo_routes_real_addresses_through_a_real_edge() -> None:
+    result = run("demo", "--once", "--listen", "127.0.0.1:0", timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "11 stand-in clusters on loopback" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:] if line.strip()}
+    assert rows["81.2.69.142"][3] == "eu-west"
+    assert rows["1.0.16.1"][3] == "ap-northeast"
+    assert rows["203.2.218.214"][3] == "ap-sydney"
+    assert rows["10.1.2.3"][-1] == "fallback"

@@ -1,0 +1,112 @@
+"""Active health checks against real HTTP servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from georouter.config import Cluster, HealthSettings
+from georouter.health import Status
+from georouter.monitor import HealthMonitor
+from georouter.standin import StandIn
+
+pytestmark = pytest.mark.anyio
+
+FAST = HealthSettings(path="/healthz", interval_s=0.05, timeout_s=0.5, rise=2, fall=3)
+
+
+def clusters_for(standins: dict[str, StandIn]) -> tuple[Cluster, ...]:
+    return tuple(Cluster(name, s.url, 0.0, 0.0) for name, s in standins.items())
+
+
+async def until(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.01)
+    assert condition(), what
+
+
+async def test_first_round_decides_the_initial_state(
+    make_standins: Callable[..., dict[str, StandIn]],
+) -> None:
+    standins = make_standins("alive", "sick", "dead")
+    standins["sick"].health_status = 503
+    standins["dead"].stop()
+    async with httpx.AsyncClient() as client:
+        monitor = HealthMonitor(clusters_for(standins), FAST, client)
+        task = asyncio.create_task(monitor.run())
+        try:
+            await asyncio.wait_for(monitor.first_round_done.wait(), timeout=5)
+            assert monitor.states["alive"].status is Status.UP
+            assert monitor.states["sick"].status is Status.DOWN
+            assert monitor.states["sick"].last_detail == "HTTP 503"
+            assert monitor.states["dead"].status is Status.DOWN
+            assert monitor.states["dead"].last_detail.startswith("connect error")
+            assert dict(monitor.unroutable()) == {"sick": "down", "dead": "down"}
+        finally:
+            task.cancel()
+
+
+async def test_cluster_goes_down_after_fall_failures_and_up_after_rise_successes(
+    make_standins: Callable[..., dict[str, StandIn]],
+) -> None:
+    standins = make_standins("c1")
+    async with httpx.AsyncClient() as client:
+        monitor = HealthMonitor(clusters_for(standins), FAST, client)
+        task = asyncio.create_task(monitor.run())
+        try:
+            await asyncio.wait_for(monitor.first_round_done.wait(), timeout=5)
+            assert monitor.states["c1"].status is Status.UP
+
+            standins["c1"].stop()
+            await until(
+                lambda: monitor.states["c1"].status is Status.DOWN, timeout_s=10, what="c1 down"
+            )
+            down = monitor.states["c1"]
+            assert down.consecutive_failed == FAST.fall  # not one probe earlier
+
+            standins["c1"].start()  # same port
+            await until(
+                lambda: monitor.states["c1"].status is Status.UP, timeout_s=10, what="c1 up"
+            )
+            assert monitor.states["c1"].consecutive_ok == FAST.rise
+        finally:
+            task.cancel()
+
+
+async def test_a_hung_health_endpoint_counts_as_a_failure_after_the_timeout(
+    make_standins: Callable[..., dict[str, StandIn]],
+) -> None:
+    standins = make_standins("slow")
+    standins["slow"].health_gate.clear()
+    settings = HealthSettings(path="/healthz", interval_s=0.05, timeout_s=0.2, rise=1, fall=1)
+    async with httpx.AsyncClient() as client:
+        monitor = HealthMonitor(clusters_for(standins), settings, client)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        result = await monitor.probe(monitor.clusters[0])
+        elapsed = loop.time() - started
+    standins["slow"].health_gate.set()
+    assert not result.ok
+    assert result.detail == "timeout after 0.2s"
+    # The promised bound, with a generous margin for a loaded machine.
+    assert elapsed < 0.2 + 2.0
+
+
+async def test_health_url_overrides_url_plus_path(
+    make_standins: Callable[..., dict[str, StandIn]],
+) -> None:
+    standins = make_standins("main", "probe-target")
+    standins["main"].health_status = 500
+    cluster = Cluster(
+        "main", standins["main"].url, 0.0, 0.0, health_url=standins["probe-target"].url + "/healthz"
+    )
+    async with httpx.AsyncClient() as client:
+        monitor = HealthMonitor((cluster,), FAST, client)
+        result = await monitor.probe(cluster)
+    assert result.ok
+    assert standins["probe-target"].requests == 1
+    assert standins["main"].requests == 0

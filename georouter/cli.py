@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from georouter import demo
 from georouter.app import create_app
 from georouter.clientip import IPAddress, parse_address
-from georouter.config import Config, load
+from georouter.config import Config, RedisMode, RedisTarget, load
+from georouter.embedded import EmbeddedRedis, EmbeddedRedisError
 from georouter.errors import ConfigError, GeoDatabaseError, Problem
 from georouter.geo import GeoDatabase
 from georouter.metrics import Metrics
 from georouter.router import AssumeAllUp, Router
 from georouter.server import ListenAddress, ListenError, configure_logging, serve, stop_on_signals
+from georouter.sessionid import CookieSigner
+
+log = logging.getLogger("georouter")
 
 DEFAULT_CONFIG = "clusters.toml"
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -77,6 +84,42 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+class UsageError(Exception):
+    """A bad argument or environment variable; the message names it."""
+
+
+def _env_secrets() -> tuple[str | None, CookieSigner | None]:
+    token = os.environ.get("GEOROUTER_ADMIN_TOKEN") or None
+    if token is not None and len(token) < 16:
+        raise UsageError("GEOROUTER_ADMIN_TOKEN: must be at least 16 characters")
+    keys = os.environ.get("GEOROUTER_SESSION_KEYS")
+    signer = None
+    if keys:
+        try:
+            signer = CookieSigner.from_env_value(keys)
+        except ValueError as exc:
+            raise UsageError(f"GEOROUTER_SESSION_KEYS: {exc}") from exc
+    return token, signer
+
+
+@contextmanager
+def session_backend(config: Config, *, state_dir: Path | None = None) -> Iterator[Config]:
+    """``config`` with a Redis to use: its own, or a private embedded redis-server."""
+    if config.sessions.redis is not None:
+        yield config
+        return
+    embedded = EmbeddedRedis(state_dir or config.sessions.state_dir)
+    url = embedded.start()
+    log.info("embedded redis-server at %s (state in %s)", url, embedded.state_dir)
+    try:
+        target = RedisTarget(mode=RedisMode.STANDALONE, url=url)
+        yield dataclasses.replace(
+            config, sessions=dataclasses.replace(config.sessions, redis=target)
+        )
+    finally:
+        embedded.stop()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     path = _config_path(args.config)
@@ -85,18 +128,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _report(path, exc)
     try:
+        admin_token, signer = _env_secrets()
         sock = ListenAddress.parse(args.listen).bind()
     except ListenError as exc:
         print(f"georouter: --listen: {exc}", file=sys.stderr)
         return 2
-    logging.getLogger("georouter").info("serving %d clusters from %s", len(config.clusters), path)
+    except UsageError as exc:
+        print(f"georouter: {exc}", file=sys.stderr)
+        return 2
+    log.info("serving %d clusters from %s", len(config.clusters), path)
 
-    async def main() -> None:
+    async def main(ready: Config) -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
-        await serve(create_app(config), sock, stop)
+        await serve(create_app(ready, admin_token=admin_token, signer=signer), sock, stop)
 
-    asyncio.run(main())
+    try:
+        with session_backend(config) as ready:
+            asyncio.run(main(ready))
+    except EmbeddedRedisError as exc:
+        print(f"georouter: sessions: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -148,7 +200,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    return demo.main(config, sock, once=args.once)
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="georouter-demo-") as state,
+            session_backend(config, state_dir=Path(state)) as ready,
+        ):
+            return demo.main(ready, sock, once=args.once)
+    except EmbeddedRedisError as exc:
+        print(f"georouter: sessions: {exc}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:

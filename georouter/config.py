@@ -74,12 +74,65 @@ class HealthSettings:
     fall: int = 3
 
 
+class RedisMode(StrEnum):
+    STANDALONE = "standalone"
+    SENTINEL = "sentinel"
+    CLUSTER = "cluster"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """Where the shared session map lives, parsed from ``sessions.redis_url``.
+
+    ``redis://``, ``rediss://`` and ``unix://`` are handed to redis-py as written;
+    ``redis+sentinel://[user:pass@]h1:26379,h2:26379/service[/db]`` and
+    ``redis+cluster://[user:pass@]h1:7000,h2:7001`` (``rediss+...`` for TLS) name
+    the seed nodes of a Sentinel or Cluster deployment.
+    """
+
+    mode: RedisMode
+    url: str
+    nodes: tuple[tuple[str, int], ...] = ()
+    service: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @property
+    def redacted(self) -> str:
+        """The URL without its password, fit for logs and API answers."""
+        if self.password is None:
+            return self.url
+        return self.url.replace(f":{self.password}@", ":***@", 1)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    # None: `georouter serve` starts a private redis-server (the embedded default).
+    redis: RedisTarget | None = None
+    key_prefix: str = "georouter"
+    ttl_s: float = 1800.0
+    # Hard cap on a session's life however active it is; 0: no cap.
+    max_ttl_s: float = 86400.0
+    cookie: str = "georouter_session"
+    header: str = "x-session-id"
+    connect_timeout_s: float = 0.05
+    command_timeout_s: float = 0.05
+    pool_size: int = 64
+    local_cache_size: int = 100_000
+    retry_interval_s: float = 1.0
+    # The embedded redis-server keeps its append-only file here.
+    state_dir: Path = Path("state")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     clusters: tuple[Cluster, ...]
     router: RouterSettings
     geoip: GeoipSettings = field(default_factory=GeoipSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
+    sessions: SessionSettings = field(default_factory=SessionSettings)
 
     def cluster(self, name: str) -> Cluster | None:
         for c in self.clusters:
@@ -340,10 +393,146 @@ def parse(document: Mapping[str, Any], *, base_dir: Path | None = None) -> Confi
     )
     h.finish()
 
+    sessions = _parse_sessions(document.get("sessions", {}), problems, base_dir)
+    top.seen.add("sessions")
+
     top.finish()
     if problems:
         raise ConfigError(problems)
-    return Config(clusters=tuple(clusters), router=router, geoip=geoip, health=health)
+    return Config(
+        clusters=tuple(clusters), router=router, geoip=geoip, health=health, sessions=sessions
+    )
+
+
+def _parse_sessions(table: Any, problems: list[Problem], base_dir: Path | None) -> SessionSettings:
+    s = _Section(table, "sessions", problems)
+    defaults = SessionSettings()
+    ttl_s = s.get("ttl_s", _number(1, 365 * 86400), defaults.ttl_s)
+    max_ttl_s = s.get("max_ttl_s", _number(0, 10 * 365 * 86400), defaults.max_ttl_s)
+    if max_ttl_s and max_ttl_s < ttl_s:
+        s.problem("max_ttl_s", f"must be 0 (no cap) or at least ttl_s ({_fmt(ttl_s)})")
+    state_dir = Path(s.get("state_dir", _string, str(defaults.state_dir))).expanduser()
+    if not state_dir.is_absolute() and base_dir is not None:
+        state_dir = base_dir / state_dir
+    settings = SessionSettings(
+        redis=s.get("redis_url", _redis_target, None),
+        key_prefix=s.get("key_prefix", _key_prefix, defaults.key_prefix),
+        ttl_s=ttl_s,
+        max_ttl_s=max_ttl_s,
+        cookie=s.get("cookie", _token("cookie name"), defaults.cookie),
+        header=s.get("header", _token("header name"), defaults.header).lower(),
+        connect_timeout_s=s.get("connect_timeout_s", _number(0.001, 60), 0.05),
+        command_timeout_s=s.get("command_timeout_s", _number(0.001, 60), 0.05),
+        pool_size=s.get("pool_size", _count(1, 10_000), defaults.pool_size),
+        local_cache_size=s.get("local_cache_size", _count(0, 100_000_000), 100_000),
+        retry_interval_s=s.get("retry_interval_s", _number(0.01, 3600), 1.0),
+        state_dir=state_dir,
+    )
+    s.finish()
+    return settings
+
+
+_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+
+
+def _token(what: str) -> Callable[[Any], str | _Error]:
+    def check(value: Any) -> str | _Error:
+        if not isinstance(value, str):
+            return _Error(f"must be a string, not {_type_name(value)}")
+        if not _TOKEN_RE.match(value):
+            return _Error(f"is not a valid {what}: {value!r}")
+        return value
+
+    return check
+
+
+def _key_prefix(value: Any) -> str | _Error:
+    if not isinstance(value, str):
+        return _Error(f"must be a string, not {_type_name(value)}")
+    if not re.match(r"^[A-Za-z0-9._:-]{1,64}$", value):
+        return _Error(f"must be 1-64 letters, digits, '.', '_', ':' or '-', not {value!r}")
+    return value
+
+
+def _redis_target(value: Any) -> RedisTarget | _Error:
+    if not isinstance(value, str):
+        return _Error(f"must be a string, not {_type_name(value)}")
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return _Error(
+            f"must be a redis://, rediss://, unix://, redis+sentinel:// or"
+            f" redis+cluster:// URL, not {value!r}"
+        )
+    scheme = scheme.lower()
+    if scheme in ("redis", "rediss", "unix"):
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            return _Error(f"is not a valid URL ({exc})")
+        if scheme == "unix" and not parts.path:
+            return _Error(f"names no socket path: {value!r}")
+        if scheme != "unix" and not parts.hostname:
+            return _Error(f"has no host: {value!r}")
+        return RedisTarget(mode=RedisMode.STANDALONE, url=value, tls=scheme == "rediss")
+    base, _, mode_name = scheme.partition("+")
+    if base not in ("redis", "rediss") or mode_name not in ("sentinel", "cluster"):
+        return _Error(
+            f"unknown scheme {scheme!r}: use redis, rediss, unix, redis+sentinel or redis+cluster"
+        )
+    mode = RedisMode(mode_name)
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, pw = userinfo.partition(":")
+        username, password = (user or None), (pw if colon else None)
+    nodes: list[tuple[str, int]] = []
+    default_port = 26379 if mode is RedisMode.SENTINEL else 6379
+    for item in hosts.split(","):
+        node = _host_port(item, default_port)
+        if node is None:
+            return _Error(f"has a bad host:port {item!r}")
+        nodes.append(node)
+    segments = [p for p in path.split("/") if p]
+    service: str | None = None
+    db = 0
+    if mode is RedisMode.SENTINEL:
+        if not segments:
+            return _Error("names no master: redis+sentinel://host:26379,.../MASTER_NAME[/DB]")
+        service = segments.pop(0)
+    if segments:
+        if len(segments) > 1 or not segments[0].isdigit() or mode is RedisMode.CLUSTER:
+            return _Error(f"has an unexpected path {path!r}")
+        db = int(segments[0])
+    return RedisTarget(
+        mode=mode,
+        url=value,
+        nodes=tuple(nodes),
+        service=service,
+        db=db,
+        username=username,
+        password=password,
+        tls=base == "rediss",
+    )
+
+
+def _host_port(item: str, default_port: int) -> tuple[str, int] | None:
+    item = item.strip()
+    if item.startswith("["):
+        host, close, port_part = item[1:].partition("]")
+        if not close or (port_part and not port_part.startswith(":")):
+            return None
+        port_text = port_part[1:]
+    else:
+        host, _, port_text = item.partition(":")
+    if not host:
+        return None
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        return None
+    return host, int(port_text)
 
 
 def load(path: Path) -> Config:

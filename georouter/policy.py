@@ -22,10 +22,13 @@ EARTH_RADIUS_KM = 6371.0088
 
 
 class Reason(StrEnum):
-    """Why a decision named its cluster."""
+    """Why a decision named its cluster. The policy itself answers only ``nearest``
+    or ``fallback``; ``sticky`` and ``failover`` come from the session map."""
 
     NEAREST = "nearest"
     FALLBACK = "fallback"
+    STICKY = "sticky"
+    FAILOVER = "failover"
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

@@ -1,0 +1,256 @@
+"""The routing API and the operator endpoints."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from georouter import openapi
+from georouter.clientip import IPAddress, parse_address
+from georouter.router import Decision
+from georouter.sessionid import valid_id
+from georouter.web import ApiError, Services, client_ip, services
+
+MAX_BATCH = 1000
+MAX_BODY_BYTES = 1 << 20
+_ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ ~ + / = : -"
+
+
+def _flag(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value in ("", "1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ApiError(
+        400, "invalid_parameter", f"{name} must be 1 or 0, not {raw[:32]!r}", parameter=name
+    )
+
+
+def _address(raw: str, *, parameter: str | None = None, field: str | None = None) -> IPAddress:
+    addr = parse_address(raw)
+    if addr is not None:
+        return addr
+    message = f"{parameter or field} must be an IPv4 or IPv6 address, not {raw[:64]!r}"
+    if parameter is not None:
+        raise ApiError(400, "invalid_parameter", message, parameter=parameter)
+    raise ApiError(400, "invalid_body", message, field=field)
+
+
+def session_of(request: Request, svc: Services) -> str | None:
+    """The session id: ``session=``, else the session header, else the session cookie.
+
+    A malformed id that the caller sent on purpose (query or header) is a 400. A
+    cookie that fails its signature check is ignored, and so creates no Redis key.
+    """
+    settings = svc.config.sessions
+    raw = request.query_params.get("session")
+    if raw is not None:
+        if not valid_id(raw):
+            raise ApiError(
+                400, "invalid_parameter", f"session must be {_ID_RULE}", parameter="session"
+            )
+        return raw
+    raw = request.headers.get(settings.header)
+    if raw is not None:
+        if not valid_id(raw):
+            raise ApiError(
+                400,
+                "invalid_header",
+                f"{settings.header} must be {_ID_RULE}",
+                header=settings.header,
+            )
+        return raw
+    raw = request.cookies.get(settings.cookie)
+    if raw is None:
+        return None
+    if svc.signer is not None:
+        return svc.signer.verify(raw)
+    return raw if valid_id(raw) else None
+
+
+def _require_ready(svc: Services) -> None:
+    if not svc.monitor.first_round_done.is_set():
+        raise ApiError(
+            503, "not_ready", "the first round of health checks has not finished; retry shortly"
+        )
+
+
+def _require_sessions(svc: Services, session_id: str | None) -> None:
+    if session_id is not None and svc.sessions is None:
+        raise ApiError(400, "sessions_disabled", "sessions are not enabled on this edge")
+
+
+def _answer(decision: Decision, *, explain: bool) -> JSONResponse:
+    status = 200 if decision.cluster is not None else 503
+    return JSONResponse(decision.as_json(explain=explain), status_code=status)
+
+
+async def route_one(request: Request) -> Response:
+    svc = services(request)
+    explain = _flag(request, "explain")
+    raw_ip = request.query_params.get("ip")
+    client = _address(raw_ip, parameter="ip") if raw_ip is not None else client_ip(request, svc)
+    session_id = session_of(request, svc)
+    if request.query_params.get("session") is not None:
+        _require_sessions(svc, session_id)
+    _require_ready(svc)
+    return _answer(await svc.router.route(client, session_id), explain=explain)
+
+
+async def _read_body(request: Request, *, limit: int) -> bytes:
+    too_large = ApiError(413, "body_too_large", f"the body is over {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _batch_items(body: Any) -> list[dict[str, Any]]:
+    if not isinstance(body, dict) or set(body) - {"requests"}:
+        raise ApiError(400, "invalid_body", 'body must be an object {"requests": [...]}')
+    items = body.get("requests")
+    if not isinstance(items, list):
+        raise ApiError(400, "invalid_body", "requests must be an array", field="requests")
+    if len(items) > MAX_BATCH:
+        raise ApiError(
+            400,
+            "invalid_body",
+            f"requests holds {len(items)} items; at most {MAX_BATCH} per batch",
+            field="requests",
+        )
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ApiError(
+                400, "invalid_body", f"requests[{i}] must be an object", field=f"requests[{i}]"
+            )
+        unknown = set(item) - {"ip", "session"}
+        if unknown:
+            raise ApiError(
+                400,
+                "invalid_body",
+                f"requests[{i}] has unknown keys: {', '.join(sorted(unknown))}",
+                field=f"requests[{i}]",
+            )
+    return items
+
+
+async def route_batch(request: Request) -> Response:
+    svc = services(request)
+    explain = _flag(request, "explain")
+    try:
+        body = json.loads(await _read_body(request, limit=MAX_BODY_BYTES))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "invalid_body", f"body must be JSON: {exc}") from exc
+    asks: list[tuple[IPAddress | None, str | None]] = []
+    for i, item in enumerate(_batch_items(body)):
+        raw_ip, session_id = item.get("ip"), item.get("session")
+        if raw_ip is None:
+            client = client_ip(request, svc)
+        elif isinstance(raw_ip, str):
+            client = _address(raw_ip, field=f"requests[{i}].ip")
+        else:
+            raise ApiError(
+                400, "invalid_body", f"requests[{i}].ip must be a string", field=f"requests[{i}].ip"
+            )
+        if session_id is not None and not (isinstance(session_id, str) and valid_id(session_id)):
+            raise ApiError(
+                400,
+                "invalid_body",
+                f"requests[{i}].session must be {_ID_RULE}",
+                field=f"requests[{i}].session",
+            )
+        _require_sessions(svc, session_id)
+        asks.append((client, session_id))
+    _require_ready(svc)
+    route = svc.router.route
+    decisions = [(await route(c, s)).as_json(explain=explain) for c, s in asks]
+    return JSONResponse({"decisions": decisions})
+
+
+async def list_clusters(request: Request) -> Response:
+    svc = services(request)
+    states = svc.monitor.states
+    info = svc.geo.info
+    warnings = []
+    if info.stale:
+        warnings.append(
+            f"GeoIP database is {info.age_days:.0f} days old"
+            f" (limit {svc.config.geoip.max_age_days}): install a current one"
+        )
+    return JSONResponse(
+        {
+            "clusters": [
+                {
+                    "name": c.name,
+                    "url": c.url,
+                    "lat": c.lat,
+                    "lon": c.lon,
+                    "fallback": c.name == svc.config.router.fallback,
+                    "health": states[c.name].as_json(),
+                }
+                for c in svc.config.clusters
+            ],
+            "geoip": info.as_json(),
+            "sessions": _sessions_status(svc),
+            "warnings": warnings,
+        }
+    )
+
+
+def _sessions_status(svc: Services) -> dict[str, object] | None:
+    if svc.sessions is None or svc.config.sessions.redis is None:
+        return None
+    return {
+        "redis": svc.config.sessions.redis.redacted,
+        "mode": svc.config.sessions.redis.mode.value,
+        "breaker": svc.sessions.breaker.state.value,
+        "local_pins": len(svc.sessions.local),
+        "pending_write_back": len(svc.sessions.pending),
+    }
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    svc = services(request)
+    if not svc.monitor.first_round_done.is_set():
+        return JSONResponse(
+            {"ready": False, "waiting_for": ["first round of health checks"]}, status_code=503
+        )
+    return JSONResponse({"ready": True})
+
+
+async def metrics(request: Request) -> Response:
+    svc = services(request)
+    up = sum(st.routable for st in svc.monitor.states.values())
+    gauges = {
+        "georouter_clusters_up": float(up),
+        "georouter_clusters": float(len(svc.config.clusters)),
+        "georouter_geoip_cached_networks": float(svc.geo.cached_networks),
+        "georouter_geoip_database_age_days": svc.geo.info.age_days,
+    }
+    if svc.sessions is not None:
+        gauges["georouter_redis_breaker_open"] = float(not svc.sessions.breaker.allows)
+        gauges["georouter_session_local_pins"] = float(len(svc.sessions.local))
+        gauges["georouter_session_pending_write_back"] = float(len(svc.sessions.pending))
+    return PlainTextResponse(svc.metrics.render(gauges), media_type="text/plain; version=0.0.4")
+
+
+async def openapi_json(request: Request) -> Response:
+    return JSONResponse(openapi.SPEC)

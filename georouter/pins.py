@@ -1,0 +1,81 @@
+"""A session's pin, and the bounded in-process memory of recent pins. Pure.
+
+The local memory keeps sessions sticky on this edge while Redis is away, and
+puts pins back into a Redis that came back empty. It is an LRU with a sliding
+expiry like the Redis keys, so it never outgrows ``capacity`` and never keeps
+a session longer than Redis would have.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+# The stored value is "<cluster>|<pinned at, ms since the epoch>"; cluster names
+# cannot contain "|". A forgotten session is a tombstone, "!|<ms>", so every
+# edge learns that it was forgotten instead of restoring it from its memory.
+SEPARATOR = "|"
+TOMBSTONE = "!"
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    cluster: str
+    pinned_at_ms: int
+    # What is left of the sliding TTL when this pin was read, if known.
+    ttl_ms: int | None = None
+
+    def encode(self) -> str:
+        return f"{self.cluster}{SEPARATOR}{self.pinned_at_ms}"
+
+    @property
+    def forgotten(self) -> bool:
+        return self.cluster == TOMBSTONE
+
+    @classmethod
+    def decode(cls, raw: str | bytes, *, ttl_ms: int | None = None) -> Pin | None:
+        """None for a value that is not ours (a key written by something else)."""
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        cluster, sep, at = text.rpartition(SEPARATOR)
+        if not sep or not cluster or not at.isdigit():
+            return None
+        return cls(cluster, int(at), ttl_ms)
+
+    def expired(self, now_ms: int, max_age_ms: int) -> bool:
+        """Past the hard cap on a session's life (``max_age_ms`` 0: no cap)."""
+        return max_age_ms > 0 and now_ms - self.pinned_at_ms > max_age_ms
+
+
+class LocalPins:
+    """The most recent ``capacity`` pins, each forgotten ``ttl_ms`` after its last use."""
+
+    def __init__(self, capacity: int, ttl_ms: int) -> None:
+        self.capacity = capacity
+        self.ttl_ms = ttl_ms
+        self._entries: OrderedDict[str, tuple[Pin, int]] = OrderedDict()
+
+    def get(self, session_id: str, now_ms: int) -> Pin | None:
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return None
+        pin, expires_at = entry
+        if expires_at <= now_ms:
+            del self._entries[session_id]
+            return None
+        self._entries[session_id] = (pin, now_ms + self.ttl_ms)
+        self._entries.move_to_end(session_id)
+        return Pin(pin.cluster, pin.pinned_at_ms, self.ttl_ms)
+
+    def put(self, session_id: str, pin: Pin, now_ms: int) -> None:
+        if self.capacity <= 0:
+            return
+        self._entries[session_id] = (pin, now_ms + self.ttl_ms)
+        self._entries.move_to_end(session_id)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def drop(self, session_id: str) -> bool:
+        return self._entries.pop(session_id, None) is not None
+
+    def __len__(self) -> int:
+        return len(self._entries)

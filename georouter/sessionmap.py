@@ -1,0 +1,192 @@
+"""The session map as the router sees it: Redis when it answers, this edge's memory when not.
+
+Redis is never allowed to stall routing. Each call is bounded by the store's
+timeouts; after a few consecutive failures a breaker opens and requests stop
+asking Redis at all, while ``run()`` pings it about once a second. Meanwhile
+pins come from, and go to, a bounded local memory, and the pins made without
+Redis are queued; when Redis answers again they are written back with the
+same compare-and-set script (set if absent), so a Redis that restarted empty
+gets them back and a pin another edge made meanwhile wins over ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from georouter.breaker import Breaker
+from georouter.config import SessionSettings
+from georouter.metrics import Metrics
+from georouter.pins import LocalPins, Pin
+from georouter.sessions import RedisSessionStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+FAILURES_TO_OPEN = 3
+WRITE_BACK_BATCH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A pin (or none) and whether it was decided without Redis."""
+
+    pin: Pin | None
+    degraded: bool
+
+
+class SessionMap:
+    def __init__(
+        self,
+        store: RedisSessionStore,
+        settings: SessionSettings,
+        metrics: Metrics,
+        *,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.breaker = Breaker(FAILURES_TO_OPEN)
+        self.local = LocalPins(settings.local_cache_size, int(settings.ttl_s * 1000))
+        # session id -> (cluster, cluster it replaced): pins Redis has not seen yet.
+        self.pending: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
+        self._metrics = metrics
+        self._clock_ms = clock_ms
+        self._max_age_ms = int(settings.max_ttl_s * 1000)
+        metrics.describe(
+            "georouter_session_degraded_total", "Session lookups and pins answered without Redis."
+        )
+        metrics.describe("georouter_redis_errors_total", "Redis calls that failed or timed out.")
+        metrics.describe(
+            "georouter_session_written_back_total",
+            "Pins made without Redis, written back once it returned.",
+        )
+
+    def _failed(self, exc: StoreUnavailable) -> None:
+        self._metrics.inc("georouter_redis_errors_total")
+        if self.breaker.failure():
+            log.warning("Redis unavailable (%s): routing sessions from local memory", exc)
+
+    def _degraded(self) -> None:
+        self._metrics.inc("georouter_session_degraded_total")
+
+    def _remember(self, session_id: str, pin: Pin) -> None:
+        if pin.forgotten:
+            self.local.drop(session_id)
+        else:
+            self.local.put(session_id, pin, self._clock_ms())
+
+    def _local(self, session_id: str) -> Pin | None:
+        now = self._clock_ms()
+        pin = self.local.get(session_id, now)
+        if pin is not None and pin.expired(now, self._max_age_ms):
+            self.local.drop(session_id)
+            return None
+        return pin
+
+    async def read(self, session_id: str) -> Outcome:
+        """The session's pin. On a Redis miss this edge's memory of it is written back
+        (Redis restarted empty, or failed over to a replica that missed the write)."""
+        if self.breaker.allows:
+            try:
+                pin = await self.store.read(session_id)
+            except StoreUnavailable as exc:
+                self._failed(exc)
+            else:
+                self.breaker.success()
+                if pin is not None:
+                    self._remember(session_id, pin)
+                    return Outcome(None if pin.forgotten else pin, degraded=False)
+                remembered = self._local(session_id)
+                if remembered is None:
+                    return Outcome(None, degraded=False)
+                return await self.pin(session_id, remembered.cluster, replacing=None)
+        self._degraded()
+        return Outcome(self._local(session_id), degraded=True)
+
+    async def pin(self, session_id: str, cluster: str, *, replacing: str | None) -> Outcome:
+        """Pin (compare-and-set); the pin that holds afterwards, which may be another edge's."""
+        if self.breaker.allows:
+            try:
+                pin = await self.store.pin(session_id, cluster, replacing=replacing)
+            except StoreUnavailable as exc:
+                self._failed(exc)
+            else:
+                self.breaker.success()
+                self._remember(session_id, pin)
+                return Outcome(pin, degraded=False)
+        self._degraded()
+        current = self._local(session_id)
+        if current is not None and current.cluster != (replacing or ""):
+            return Outcome(current, degraded=True)
+        pin = Pin(
+            cluster,
+            current.pinned_at_ms if current else self._clock_ms(),
+            int(self.settings.ttl_s * 1000),
+        )
+        self._remember(session_id, pin)
+        self._queue(session_id, cluster, replacing)
+        return Outcome(pin, degraded=True)
+
+    def _queue(self, session_id: str, cluster: str, replacing: str | None) -> None:
+        if session_id in self.pending:
+            # Keep the oldest "replacing": Redis still holds what was there before.
+            replacing = self.pending[session_id][1]
+        self.pending[session_id] = (cluster, replacing)
+        self.pending.move_to_end(session_id)
+        while len(self.pending) > max(self.settings.local_cache_size, 1):
+            self.pending.popitem(last=False)
+
+    async def forget(self, session_id: str) -> None:
+        """Forget a session everywhere (raises StoreUnavailable: an admin must know)."""
+        self.local.drop(session_id)
+        self.pending.pop(session_id, None)
+        await self.store.forget(session_id)
+
+    async def peek(self, session_id: str) -> Pin | None:
+        pin = await self.store.peek(session_id)
+        return None if pin is None or pin.forgotten else pin
+
+    async def write_back(self) -> int:
+        """Write queued pins to Redis (set if absent, or replace what they replaced)."""
+        written = 0
+        while self.pending and self.breaker.allows:
+            batch = list(self.pending.items())[:WRITE_BACK_BATCH]
+            results = await asyncio.gather(
+                *(self.store.pin(sid, c, replacing=r) for sid, (c, r) in batch),
+                return_exceptions=True,
+            )
+            for (sid, queued), result in zip(batch, results, strict=True):
+                if isinstance(result, StoreUnavailable):
+                    self._failed(result)
+                    continue
+                if isinstance(result, BaseException):
+                    raise result
+                if self.pending.get(sid) == queued:
+                    del self.pending[sid]
+                # Another edge's pin may have won: this edge adopts it.
+                self._remember(sid, result)
+                written += 1
+            if any(isinstance(r, BaseException) for r in results):
+                break
+        if written:
+            self._metrics.inc("georouter_session_written_back_total", written)
+            log.info("wrote %d pins made without Redis back to Redis", written)
+        return written
+
+    async def run(self) -> None:
+        """Until cancelled: reopen a tripped breaker once Redis answers, and write back."""
+        while True:
+            await asyncio.sleep(self.settings.retry_interval_s)
+            if not self.breaker.allows:
+                try:
+                    await self.store.ping()
+                except StoreUnavailable:
+                    continue
+                self.breaker.close()
+                log.warning("Redis is back: sessions are shared again")
+            if self.pending:
+                await self.write_back()

@@ -1,0 +1,252 @@
+"""The shared session map in Redis: one key per session, read and pinned atomically.
+
+``<prefix>:s:<session id>`` holds ``<cluster>|<pinned at ms>`` with a sliding
+TTL. A sticky read is one ``GETEX ... PX`` (read and refresh in one round
+trip). Pinning is one Lua script over that single key: set it if absent,
+replace it only if it still names the cluster the caller expects to replace,
+otherwise return what is there. Two edges racing on a new session, or on a
+re-pin, therefore always end with one cluster. Touching one key per command
+keeps it valid on Redis Cluster (one hash slot) and behind Sentinel.
+
+Every Redis failure leaves this module as ``StoreUnavailable``; the caller
+decides what to do without Redis (see ``sessionmap``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from georouter.config import RedisMode, RedisTarget, SessionSettings
+from georouter.errors import GeorouterError
+from georouter.pins import TOMBSTONE, LocalPins, Pin
+
+# KEYS[1]: the session key. ARGV: cluster to pin, cluster expected to be replaced
+# ("" for none), TTL in ms, hard cap on a session's age in ms (0: none).
+# Returns the value stored after the call. Redis's own clock dates the pin, so
+# edges with skewed clocks still agree on a session's age.
+PIN_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cur = redis.call('GET', KEYS[1])
+local since = now
+if cur then
+  local sep = string.find(cur, '|', 1, true)
+  local cluster = sep and string.sub(cur, 1, sep - 1) or ''
+  local at = sep and tonumber(string.sub(cur, sep + 1)) or nil
+  local over_age = at ~= nil and tonumber(ARGV[4]) > 0 and now - at > tonumber(ARGV[4])
+  local alive = at ~= nil and cluster ~= '!' and not over_age
+  if alive and cluster ~= ARGV[2] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    return cur
+  end
+  if alive then
+    since = at
+  end
+end
+local value = ARGV[1] .. '|' .. since
+redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
+return value
+"""
+
+
+class StoreUnavailable(GeorouterError):
+    """The session store could not answer in time (down, hung, failing over)."""
+
+
+class SessionStore(Protocol):
+    """What the router needs of a session store; Redis and the local memory both offer it."""
+
+    async def read(self, session_id: str) -> Pin | None:
+        """The pin (a tombstone if forgotten), refreshing its TTL; None if there is none."""
+
+    async def pin(self, session_id: str, cluster: str, *, replacing: str | None) -> Pin:
+        """Pin to ``cluster`` if unpinned or pinned to ``replacing``; the pin that holds after."""
+
+    async def forget(self, session_id: str) -> None: ...
+
+    async def peek(self, session_id: str) -> Pin | None:
+        """The pin and its TTL left, without refreshing it."""
+
+
+def _no_retry() -> Retry:
+    # Retries belong to the breaker, not to a request waiting for its answer.
+    return Retry(NoBackoff(), 0)
+
+
+def make_client(target: RedisTarget, settings: SessionSettings) -> Any:
+    """A redis-py asyncio client for ``target``, with timeouts and no retries."""
+    common: dict[str, Any] = {
+        "socket_timeout": settings.command_timeout_s,
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "retry": _no_retry(),
+        "decode_responses": True,
+    }
+    if target.mode is RedisMode.STANDALONE:
+        # Blocking: over `pool_size` in flight, a request waits (up to the timeout)
+        # for a connection instead of failing at once with MaxConnectionsError.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            target.url,
+            max_connections=settings.pool_size,
+            timeout=settings.command_timeout_s,
+            **common,
+        )
+        return aioredis.Redis(connection_pool=pool, retry=_no_retry())
+    auth: dict[str, Any] = {
+        "username": target.username,
+        "password": target.password,
+        "ssl": target.tls,
+    }
+    if target.mode is RedisMode.SENTINEL:
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.nodes),
+            sentinel_kwargs={
+                "socket_timeout": settings.command_timeout_s,
+                "socket_connect_timeout": settings.connect_timeout_s,
+                "retry": _no_retry(),
+            },
+            **common,
+        )
+        return sentinel.master_for(
+            target.service or "",
+            db=target.db,
+            max_connections=settings.pool_size,
+            **auth,
+        )
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        max_connections=settings.pool_size,
+        cluster_error_retry_attempts=0,
+        **auth,
+        **common,
+    )
+
+
+class RedisSessionStore:
+    """The session map in Redis (standalone, Sentinel or Cluster)."""
+
+    def __init__(
+        self,
+        client: Any,
+        settings: SessionSettings,
+        *,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self._client = client
+        self._prefix = f"{settings.key_prefix}:s:"
+        self._ttl_ms = int(settings.ttl_s * 1000)
+        self._max_age_ms = int(settings.max_ttl_s * 1000)
+        # A hard bound on each call, whatever the client library does inside it
+        # (connecting, Sentinel discovery, Cluster slot refresh).
+        self._deadline_s = settings.command_timeout_s + settings.connect_timeout_s
+        self._clock_ms = clock_ms
+        self._pin_script = client.register_script(PIN_SCRIPT)
+
+    def key(self, session_id: str) -> str:
+        return self._prefix + session_id
+
+    async def _call(self, op: Callable[[], Any]) -> Any:
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                return await op()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def read(self, session_id: str) -> Pin | None:
+        raw = await self._call(lambda: self._client.getex(self.key(session_id), px=self._ttl_ms))
+        if raw is None:
+            return None
+        pin = Pin.decode(raw, ttl_ms=self._ttl_ms)
+        if pin is None or pin.expired(self._clock_ms(), self._max_age_ms):
+            return None
+        return pin
+
+    async def pin(self, session_id: str, cluster: str, *, replacing: str | None) -> Pin:
+        raw = await self._call(
+            lambda: self._pin_script(
+                keys=[self.key(session_id)],
+                args=[cluster, replacing or "", self._ttl_ms, self._max_age_ms],
+            )
+        )
+        pin = Pin.decode(raw, ttl_ms=self._ttl_ms)
+        if pin is None:
+            raise StoreUnavailable(f"unexpected answer from the pin script: {raw!r}")
+        return pin
+
+    async def forget(self, session_id: str) -> None:
+        tombstone = Pin(TOMBSTONE, self._clock_ms()).encode()
+        await self._call(lambda: self._client.set(self.key(session_id), tombstone, px=self._ttl_ms))
+
+    async def peek(self, session_id: str) -> Pin | None:
+        key = self.key(session_id)
+
+        async def get_with_ttl() -> tuple[Any, Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.pttl(key)
+                raw, ttl = await pipe.execute()
+            return raw, ttl
+
+        raw, ttl = await self._call(get_with_ttl)
+        if raw is None:
+            return None
+        return Pin.decode(raw, ttl_ms=int(ttl) if isinstance(ttl, int) and ttl >= 0 else None)
+
+    async def ping(self) -> None:
+        await self._call(self._client.ping)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+class LocalSessionStore:
+    """The session store of one process, in memory: the same contract without Redis."""
+
+    def __init__(
+        self,
+        settings: SessionSettings,
+        *,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self._ttl_ms = int(settings.ttl_s * 1000)
+        self._max_age_ms = int(settings.max_ttl_s * 1000)
+        self._pins = LocalPins(settings.local_cache_size, self._ttl_ms)
+        self._clock_ms = clock_ms
+
+    def _alive(self, session_id: str) -> Pin | None:
+        now = self._clock_ms()
+        pin = self._pins.get(session_id, now)
+        if pin is None or pin.forgotten or pin.expired(now, self._max_age_ms):
+            return None
+        return pin
+
+    async def read(self, session_id: str) -> Pin | None:
+        now = self._clock_ms()
+        pin = self._pins.get(session_id, now)
+        if pin is not None and pin.expired(now, self._max_age_ms):
+            return None
+        return pin
+
+    async def pin(self, session_id: str, cluster: str, *, replacing: str | None) -> Pin:
+        current = self._alive(session_id)
+        if current is not None and current.cluster != (replacing or ""):
+            return current
+        since = current.pinned_at_ms if current is not None else self._clock_ms()
+        pin = Pin(cluster, since, self._ttl_ms)
+        self._pins.put(session_id, pin, self._clock_ms())
+        return pin
+
+    async def forget(self, session_id: str) -> None:
+        self._pins.put(session_id, Pin(TOMBSTONE, self._clock_ms()), self._clock_ms())
+
+    async def peek(self, session_id: str) -> Pin | None:
+        return self._pins.get(session_id, self._clock_ms())

@@ -32,10 +32,23 @@ _DECISION = {
     "properties": {
         "cluster": {"type": ["string", "null"]},
         "url": {"type": ["string", "null"]},
-        "reason": {"type": "string", "enum": ["nearest", "fallback"]},
+        "reason": {"type": "string", "enum": ["nearest", "fallback", "sticky", "failover"]},
         "client_ip": {"type": ["string", "null"]},
         "location": {"$ref": "#/components/schemas/Location"},
         "distance_km": {"type": ["number", "null"]},
+        "session": {
+            "type": "object",
+            "description": "present when the request named a session",
+            "properties": {
+                "id": {"type": "string"},
+                "pinned": {"type": ["string", "null"], "description": "the cluster pinned now"},
+                "ttl_s": {"type": ["number", "null"], "description": "sliding TTL left"},
+                "degraded": {
+                    "type": "boolean",
+                    "description": "decided from this edge's memory: Redis did not answer",
+                },
+            },
+        },
         "error": {"type": "string", "enum": ["no_routable_cluster"]},
         "message": {"type": "string"},
         "explain": {
@@ -87,6 +100,13 @@ SPEC: dict[str, Any] = {
                         "schema": {"type": "string"},
                         "description": "client address; default: the request's own client",
                     },
+                    {
+                        "name": "session",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._~+/=:-]{1,128}$"},
+                        "description": "session id (else the session header, else the cookie)",
+                    },
                     _EXPLAIN,
                 ],
                 "responses": {
@@ -113,7 +133,10 @@ SPEC: dict[str, Any] = {
                                         "items": {
                                             "type": "object",
                                             "additionalProperties": False,
-                                            "properties": {"ip": {"type": "string"}},
+                                            "properties": {
+                                                "ip": {"type": "string"},
+                                                "session": {"type": "string"},
+                                            },
                                         },
                                     }
                                 },
@@ -137,6 +160,32 @@ SPEC: dict[str, Any] = {
                     "400": _json("Error", "a malformed body"),
                     "413": _json("Error", "body over 1 MiB"),
                     "503": _json("Error", "not ready yet"),
+                },
+            },
+        },
+        "/v1/sessions/{session_id}": {
+            "parameters": [
+                {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": {
+                "summary": "A session's pin (admin: Authorization: Bearer $GEOROUTER_ADMIN_TOKEN)",
+                "security": [{"admin": []}],
+                "responses": {
+                    "200": {"description": "the pin, its age and its TTL left"},
+                    "401": _json("Error", "missing or wrong token"),
+                    "403": _json("Error", "the admin API is off (no token configured)"),
+                    "404": _json("Error", "no such session"),
+                    "503": _json("Error", "Redis did not answer"),
+                },
+            },
+            "delete": {
+                "summary": "Forget a session on every edge (admin)",
+                "security": [{"admin": []}],
+                "responses": {
+                    "200": {"description": "forgotten"},
+                    "401": _json("Error", "missing or wrong token"),
+                    "403": _json("Error", "the admin API is off (no token configured)"),
+                    "503": _json("Error", "Redis did not answer"),
                 },
             },
         },

@@ -74,6 +74,10 @@ class LocalPins:
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
 
+    def items(self) -> list[tuple[str, Pin]]:
+        """Every remembered pin, least recently used first (expired ones included)."""
+        return [(sid, pin) for sid, (pin, _) in self._entries.items()]
+
     def drop(self, session_id: str) -> bool:
         return self._entries.pop(session_id, None) is not None
 

@@ -14,7 +14,6 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 # Letters, digits and the URL-safe and base64 punctuation apps use in their ids.
@@ -93,10 +92,3 @@ def tokens_equal(presented: str, expected: str) -> bool:
     a = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
     b = hashlib.sha256(expected.encode("utf-8", "surrogatepass")).digest()
     return hmac.compare_digest(a, b)
-
-
-def first_valid(candidates: Sequence[str | None]) -> str | None:
-    for c in candidates:
-        if c is not None and valid_id(c):
-            return c
-    return None

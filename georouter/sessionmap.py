@@ -105,7 +105,12 @@ class SessionMap:
                     return Outcome(None, degraded=False)
                 return await self.pin(session_id, remembered.cluster, replacing=None)
         self._degraded()
-        return Outcome(self._local(session_id), degraded=True)
+        remembered = self._local(session_id)
+        if remembered is not None:
+            # Served from memory: Redis may come back without it (restarted empty,
+            # or failed over to a replica that missed it), so it is written back then.
+            self._queue(session_id, remembered.cluster, None)
+        return Outcome(remembered, degraded=True)
 
     async def pin(self, session_id: str, cluster: str, *, replacing: str | None) -> Outcome:
         """Pin (compare-and-set); the pin that holds afterwards, which may be another edge's."""
@@ -133,8 +138,9 @@ class SessionMap:
 
     def _queue(self, session_id: str, cluster: str, replacing: str | None) -> None:
         if session_id in self.pending:
-            # Keep the oldest "replacing": Redis still holds what was there before.
-            replacing = self.pending[session_id][1]
+            # Keep the oldest "replacing": Redis still holds what was there before
+            # (a pin that was only served from memory replaced nothing).
+            replacing = self.pending[session_id][1] or replacing
         self.pending[session_id] = (cluster, replacing)
         self.pending.move_to_end(session_id)
         while len(self.pending) > max(self.settings.local_cache_size, 1):
@@ -188,5 +194,10 @@ class SessionMap:
                     continue
                 self.breaker.close()
                 log.warning("Redis is back: sessions are shared again")
+                # Redis may have come back empty: every pin this edge remembers is
+                # offered back (set if absent; a pin another edge made wins).
+                for session_id, pin in self.local.items():
+                    if session_id not in self.pending:
+                        self._queue(session_id, pin.cluster, None)
             if self.pending:
                 await self.write_back()

@@ -100,7 +100,8 @@ def make_client(target: RedisTarget, settings: SessionSettings) -> Any:
             timeout=settings.command_timeout_s,
             **common,
         )
-        return aioredis.Redis(connection_pool=pool, retry=_no_retry())
+        # from_pool: the client owns the pool, so closing the client closes its connections.
+        return aioredis.Redis.from_pool(pool)
     auth: dict[str, Any] = {
         "username": target.username,
         "password": target.password,
@@ -125,7 +126,6 @@ def make_client(target: RedisTarget, settings: SessionSettings) -> Any:
     return RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
         max_connections=settings.pool_size,
-        cluster_error_retry_attempts=0,
         **auth,
         **common,
     )
@@ -150,6 +150,11 @@ class RedisSessionStore:
         self._deadline_s = settings.command_timeout_s + settings.connect_timeout_s
         self._clock_ms = clock_ms
         self._pin_script = client.register_script(PIN_SCRIPT)
+        # redis-py's asyncio RedisCluster sends keyed commands issued before its first
+        # initialize() to a random master, and the MOVED that follows tears down the
+        # connections of concurrent calls (redis-py#3032): initialize it first, once.
+        self._needs_init = isinstance(client, RedisCluster)
+        self._init_lock = asyncio.Lock()
 
     def key(self, session_id: str) -> str:
         return self._prefix + session_id
@@ -157,9 +162,17 @@ class RedisSessionStore:
     async def _call(self, op: Callable[[], Any]) -> Any:
         try:
             async with asyncio.timeout(self._deadline_s):
+                if self._needs_init:
+                    await self._initialize()
                 return await op()
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _initialize(self) -> None:
+        async with self._init_lock:
+            if self._needs_init:
+                await self._client.initialize()
+                self._needs_init = False
 
     async def read(self, session_id: str) -> Pin | None:
         raw = await self._call(lambda: self._client.getex(self.key(session_id), px=self._ttl_ms))
@@ -206,6 +219,10 @@ class RedisSessionStore:
 
     async def close(self) -> None:
         await self._client.aclose()
+        # A Sentinel-backed client's pool holds its own clients to the Sentinels.
+        sentinel = getattr(getattr(self._client, "connection_pool", None), "sentinel_manager", None)
+        if sentinel is not None:
+            await sentinel.aclose()
 
 
 class LocalSessionStore:

@@ -7,6 +7,7 @@ import pytest
 
 from georouter.standin import StandIn
 from tests.harness import Edge, start_edge
+from tests.redis_harness import RedisClusterSet, RedisServer, SentinelSet
 
 
 @pytest.fixture
@@ -56,5 +57,29 @@ def make_edge(tmp_path: Path) -> Iterator[Callable[..., Edge]]:
 
     yield make
     for edge in edges:
+        was_running = edge.process.poll() is None
         code = edge.stop()
-        assert code == 0, f"georouter serve exited with {code}:\n{edge.log()}"
+        # A test may kill an edge on purpose; one still running must stop cleanly.
+        assert not was_running or code == 0, f"georouter serve exited with {code}:\n{edge.log()}"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, empty, stopped after the test."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    group = SentinelSet(tmp_path / "sentinel-set").start()
+    yield group
+    group.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
+    group = RedisClusterSet(tmp_path / "cluster").start()
+    yield group
+    group.stop()

@@ -1,0 +1,215 @@
+"""The session map without Redis: breaker, local memory and write-back, against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from georouter.breaker import BreakerState
+from georouter.metrics import Metrics
+from georouter.sessionmap import SessionMap
+from georouter.sessions import RedisSessionStore, make_client
+from tests.redis_harness import RedisServer
+from tests.test_sessions_contract import session_settings
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT_S = 0.05
+
+
+@pytest.fixture
+async def make_map(redis_server: RedisServer) -> AsyncIterator[Callable[[], SessionMap]]:
+    """Session maps (one per simulated edge) over the test Redis, closed afterwards."""
+    maps: list[SessionMap] = []
+
+    def make() -> SessionMap:
+        settings = session_settings(
+            redis_server.url,
+            command_timeout_s=TIMEOUT_S,
+            connect_timeout_s=TIMEOUT_S,
+            retry_interval_s=0.05,
+        )
+        assert settings.redis is not None
+        store = RedisSessionStore(make_client(settings.redis, settings), settings)
+        maps.append(SessionMap(store, settings, Metrics()))
+        return maps[-1]
+
+    yield make
+    for m in maps:
+        await m.store.close()
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_reads_and_pins_go_through_redis_when_it_answers(
+    make_map: Callable[[], SessionMap], redis_server: RedisServer
+) -> None:
+    m = make_map()
+    pinned = await m.pin("s1", "eu-west", replacing=None)
+    assert pinned.pin is not None
+    assert (pinned.pin.cluster, pinned.degraded) == ("eu-west", False)
+    read = await m.read("s1")
+    assert read.pin is not None
+    assert (read.pin.cluster, read.degraded) == ("eu-west", False)
+    with redis_server.client() as c:
+        assert c.get("georouter:s:s1").startswith("eu-west|")
+
+
+async def test_dead_redis_opens_the_breaker_and_sessions_stay_on_this_edge(
+    make_map: Callable[[], SessionMap], redis_server: RedisServer
+) -> None:
+    m = make_map()
+    await m.pin("known", "eu-west", replacing=None)
+    redis_server.kill()
+
+    first = await m.read("known")
+    assert first.pin is not None
+    assert (first.pin.cluster, first.degraded) == ("eu-west", True)
+    for _ in range(3):
+        await m.read("known")
+    assert m.breaker.state is BreakerState.OPEN
+
+    new = await m.pin("new", "ap-sydney", replacing=None)
+    assert new.pin is not None
+    assert (new.pin.cluster, new.degraded) == ("ap-sydney", True)
+    assert "new" in m.pending
+    again = await m.read("new")
+    assert again.pin is not None
+    assert again.pin.cluster == "ap-sydney"
+
+
+async def test_pins_made_without_redis_are_written_back_when_it_returns_empty(
+    make_map: Callable[[], SessionMap], redis_server: RedisServer
+) -> None:
+    m = make_map()
+    redis_server.kill()
+    for i in range(20):
+        outcome = await m.pin(f"s{i}", "eu-central", replacing=None)
+        assert outcome.degraded
+    assert len(m.pending) == 20
+
+    redis_server.start(port=redis_server.port)  # empty: nothing survived
+    recovery = asyncio.create_task(m.run())
+    try:
+        await until(lambda: not m.pending and m.breaker.allows)
+    finally:
+        recovery.cancel()
+    with redis_server.client() as c:
+        values = [c.get(f"georouter:s:s{i}") for i in range(20)]
+    assert all(v is not None and v.startswith("eu-central|") for v in values)
+
+
+async def test_a_pin_another_edge_made_meanwhile_wins_over_the_written_back_one(
+    make_map: Callable[[], SessionMap], redis_server: RedisServer
+) -> None:
+    edge_a, edge_b = make_map(), make_map()
+    redis_server.pause()  # edge A cannot reach Redis...
+    lonely = await edge_a.pin("s1", "eu-west", replacing=None)
+    assert lonely.degraded
+    redis_server.resume()
+    # ...while edge B, which can, pins the same session elsewhere.
+    other = await edge_b.pin("s1", "us-east", replacing=None)
+    assert other.pin is not None
+    assert not other.degraded
+    await edge_a.write_back()
+    after = await edge_a.read("s1")
+    assert after.pin is not None
+    assert (after.pin.cluster, after.degraded) == ("us-east", False)
+
+
+async def test_redis_that_lost_a_pin_gets_it_back_from_this_edges_memory(
+    make_map: Callable[[], SessionMap], redis_server: RedisServer
+) -> None:
+    m = make_map()
+    await m.pin("s1", "af-south", replacing=None)
+    with redis_server.client() as c:
+        c.flushall()  # a restart without persistence, or a failover that lost the write
+    read = await m.read("s1")
+    assert read.pin is not None
+    assert (read.pin.cluster, read.degraded) == ("af-south", False)
+    with redis_server.client() as c:
+        assert c.get("georouter:s:s1").startswith("af-south|")
+
+
+async def test_a_session_forgotten_at_one_edge_is_not_restored_by_another(
+    make_map: Callable[[], SessionMap], redis_server: RedisServer
+) -> None:
+    edge_a, edge_b = make_map(), make_map()
+    await edge_a.pin("s1", "eu-west", replacing=None)
+    assert (await edge_b.read("s1")).pin is not None  # B now remembers it too
+    await edge_a.forget("s1")
+    gone = await edge_b.read("s1")
+    assert gone.pin is None
+    assert len(edge_b.local) == 0
+
+
+async def test_a_hung_redis_costs_each_request_at_most_the_timeout(
+    make_map: Callable[[], SessionMap], redis_server: RedisServer
+) -> None:
+    m = make_map()
+    await m.pin("s1", "eu-west", replacing=None)
+    redis_server.pause()
+    try:
+        loop = asyncio.get_running_loop()
+        durations = []
+        for _ in range(5):
+            started = loop.time()
+            outcome = await m.read("s1")
+            durations.append(loop.time() - started)
+            assert outcome.pin is not None
+            assert outcome.pin.cluster == "eu-west"
+            assert outcome.degraded
+    finally:
+        redis_server.resume()
+    # Bounded by connect + command timeout (0.1 s); a generous margin for a busy machine.
+    assert max(durations) < 2 * TIMEOUT_S + 1.0
+    # Once the breaker is open, requests do not wait on Redis at all.
+    assert m.breaker.state is BreakerState.OPEN
+
+
+async def test_breaker_closes_once_redis_answers_again(
+    make_map: Callable[[], SessionMap], redis_server: RedisServer
+) -> None:
+    m = make_map()
+    redis_server.pause()
+    for _ in range(3):
+        await m.read("s1")
+    assert m.breaker.state is BreakerState.OPEN
+    recovery = asyncio.create_task(m.run())
+    try:
+        await asyncio.sleep(0.2)
+        assert m.breaker.state is BreakerState.OPEN  # still hung: stays open
+        redis_server.resume()
+        await until(lambda: m.breaker.allows)
+    finally:
+        recovery.cancel()
+    assert not (await m.read("s1")).degraded
+
+
+async def test_every_remembered_pin_goes_back_to_a_redis_that_returned_empty(
+    make_map: Callable[[], SessionMap], redis_server: RedisServer
+) -> None:
+    m = make_map()
+    await m.pin("used", "eu-west", replacing=None)
+    await m.pin("quiet", "ap-sydney", replacing=None)  # never asked during the outage
+    redis_server.kill()
+    for _ in range(3):
+        assert (await m.read("used")).degraded
+    assert m.breaker.state is BreakerState.OPEN
+    assert "used" in m.pending  # served from memory: to be written back
+
+    redis_server.start(port=redis_server.port)  # empty
+    recovery = asyncio.create_task(m.run())
+    try:
+        await until(lambda: m.breaker.allows and not m.pending)
+    finally:
+        recovery.cancel()
+    with redis_server.client() as c:
+        assert c.get("georouter:s:used").startswith("eu-west|")
+        assert c.get("georouter:s:quiet").startswith("ap-sydney|")

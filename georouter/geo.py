@@ -30,6 +30,37 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _V4_OFFSET = 1 << 128
 _MISSING = object()
 
+# Addresses that are not globally reachable (the private and reserved ranges of
+# Python's ipaddress, 100.64.0.0/10 and multicast): they have no location.
+# Checked with one bisect instead of ipaddress's per-network walk.
+_NOT_GLOBAL = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+    "172.16.0.0/12", "192.0.0.0/29", "192.0.0.170/31", "192.0.2.0/24", "192.168.0.0/16",
+    "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+    "::/128", "::1/128", "::ffff:0:0/96", "100::/64", "2001::/23", "2001:db8::/32",
+    "fc00::/7", "fe80::/10", "ff00::/8",
+)  # fmt: skip
+
+
+def _key_range(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> tuple[int, int]:
+    offset = _V4_OFFSET if net.version == 4 else 0
+    return int(net.network_address) + offset, int(net.broadcast_address) + offset
+
+
+_NOT_GLOBAL_RANGES = sorted(_key_range(ipaddress.ip_network(n)) for n in _NOT_GLOBAL)
+_NOT_GLOBAL_STARTS = tuple(start for start, _ in _NOT_GLOBAL_RANGES)
+_NOT_GLOBAL_ENDS = tuple(end for _, end in _NOT_GLOBAL_RANGES)
+
+
+def address_key(ip: IPAddress) -> int:
+    """One integer space for both families: IPv4 above every IPv6 address."""
+    return int(ip) + _V4_OFFSET if ip.version == 4 else int(ip)
+
+
+def is_global(key: int) -> bool:
+    i = bisect.bisect_right(_NOT_GLOBAL_STARTS, key) - 1
+    return i < 0 or key > _NOT_GLOBAL_ENDS[i]
+
 
 def bundled_database() -> Path:
     """The GeoLite2 City snapshot shipped by the ``maxminddb-geolite2`` package."""
@@ -148,9 +179,9 @@ class GeoDatabase:
 
     def lookup(self, ip: IPAddress) -> Location | None:
         """The location of ``ip``; None for private, reserved and unknown addresses."""
-        if not ip.is_global or ip.is_multicast:
+        key = address_key(ip)
+        if not is_global(key):
             return None
-        key = int(ip) + _V4_OFFSET if ip.version == 4 else int(ip)
         cached = self._cache.get(key)
         if cached is not _MISSING:
             return cached  # type: ignore[return-value]

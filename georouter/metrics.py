@@ -3,44 +3,61 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Family:
+    """A counter with labels; hot paths add to ``values[label_values]`` directly."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    values: Counter[tuple[str, ...]] = field(default_factory=Counter)
 
 
 class Metrics:
-    """Monotonic counters keyed by (name, labels). One instance per app."""
+    """Every counter of one process, by name."""
 
     def __init__(self) -> None:
-        self._counters: Counter[tuple[str, tuple[tuple[str, str], ...]]] = Counter()
-        self._help: dict[str, str] = {}
+        self._families: dict[str, Family] = {}
 
-    def describe(self, name: str, text: str) -> None:
-        self._help[name] = text
+    def family(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> Family:
+        """The counter family ``name``, created on first use."""
+        found = self._families.get(name)
+        if found is None:
+            found = self._families[name] = Family(name, help_text, labels)
+        return found
 
-    def inc(self, name: str, amount: int = 1, **labels: str) -> None:
-        self._counters[(name, tuple(sorted(labels.items())))] += amount
+    def inc(self, name: str, amount: int = 1) -> None:
+        """Add to an unlabelled counter (created, without help text, if new)."""
+        self.family(name, "").values[()] += amount
 
-    def value(self, name: str, **labels: str) -> int:
-        return self._counters[(name, tuple(sorted(labels.items())))]
+    def value(self, name: str, *label_values: str) -> int:
+        found = self._families.get(name)
+        return found.values[label_values] if found else 0
 
     def render(self, gauges: dict[str, float] | None = None) -> str:
         lines: list[str] = []
-        names = sorted({n for n, _ in self._counters} | set(self._help))
-        for name in names:
-            if name in self._help:
-                lines.append(f"# HELP {name} {self._help[name]}")
+        for name in sorted(self._families):
+            fam = self._families[name]
+            if fam.help:
+                lines.append(f"# HELP {name} {fam.help}")
             lines.append(f"# TYPE {name} counter")
-            for (n, labels), v in sorted(self._counters.items()):
-                if n == name:
-                    lines.append(f"{name}{_labels(labels)} {v}")
+            if not fam.values and not fam.labels:
+                lines.append(f"{name} 0")
+            for label_values, v in sorted(fam.values.items()):
+                lines.append(f"{name}{_labels(fam.labels, label_values)} {v}")
         for name, value in sorted((gauges or {}).items()):
-            lines.append(f"# TYPE {name.split('{')[0]} gauge")
+            lines.append(f"# TYPE {name} gauge")
             lines.append(f"{name} {value:g}")
         return "\n".join(lines) + "\n"
 
 
-def _labels(labels: tuple[tuple[str, str], ...]) -> str:
-    if not labels:
+def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    if not names:
         return ""
-    body = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+    body = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(names, values, strict=True))
     return "{" + body + "}"
 
 

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 import httpx
 
@@ -39,17 +40,24 @@ class HealthMonitor:
         self._client = client
         self._clock = clock
         self.states: dict[str, HealthState] = {c.name: HealthState() for c in clusters}
+        # Rebuilt on every status change, read on every request.
+        self._unroutable: Mapping[str, str] = self._build_unroutable()
         self._first_round_left = {c.name for c in clusters}
         # Set once every cluster has had its first probe: nothing is routed before.
         self.first_round_done = asyncio.Event()
 
     def unroutable(self) -> Mapping[str, str]:
         """Clusters that take no traffic now, with why (for the policy)."""
-        return {
-            name: "down" if st.status is Status.DOWN else "not probed yet"
-            for name, st in self.states.items()
-            if not st.routable
-        }
+        return self._unroutable
+
+    def _build_unroutable(self) -> Mapping[str, str]:
+        return MappingProxyType(
+            {
+                name: "down" if st.status is Status.DOWN else "not probed yet"
+                for name, st in self.states.items()
+                if not st.routable
+            }
+        )
 
     async def probe(self, cluster: Cluster) -> ProbeResult:
         url = probe_url(cluster, self.settings)
@@ -77,6 +85,7 @@ class HealthMonitor:
         )
         self.states[cluster.name] = after
         if after.status is not before.status:
+            self._unroutable = self._build_unroutable()
             # Losing a cluster is what an operator must see; the rest is news.
             level = logging.WARNING if after.status is Status.DOWN else logging.INFO
             log.log(level, "cluster %s is %s (%s)", cluster.name, after.status.value, result.detail)

@@ -58,23 +58,76 @@ class Candidate:
         }
 
 
+# Clusters in order of preference, each with its distance (None: not measured
+# from the client, as for the fallback order).
+Order = tuple[tuple[Cluster, float | None], ...]
+
+
+def nearest_order(lat: float, lon: float, clusters: tuple[Cluster, ...]) -> Order:
+    """Every cluster by great-circle distance from (lat, lon), ties broken by name."""
+    measured = sorted(
+        ((haversine_km(lat, lon, c.lat, c.lon), c.name, c) for c in clusters),
+    )
+    return tuple((c, d) for d, _, c in measured)
+
+
+def fallback_order(clusters: tuple[Cluster, ...], fallback: str) -> Order:
+    """The fallback cluster, then the rest by their distance from it."""
+    home = next((c for c in clusters if c.name == fallback), clusters[0])
+    rest = [(c, d) for c, d in nearest_order(home.lat, home.lon, clusters) if c is not home]
+    return ((home, None), *((c, None) for c, _ in rest))
+
+
 @dataclass(frozen=True, slots=True)
 class Ranking:
-    """Clusters in order of preference; ``chosen`` is None when none is routable."""
+    """An order of preference and the clusters that cannot take traffic now.
+
+    ``chosen`` is the first routable cluster (None when there is none). The
+    per-cluster verdicts (``candidates``) are only built when asked for.
+    """
 
     reason: Reason
-    candidates: tuple[Candidate, ...]
+    order: Order
+    unroutable: Mapping[str, str]
+    chosen_at: int | None
 
     @property
     def chosen(self) -> Candidate | None:
-        for c in self.candidates:
-            if c.chosen:
-                return c
-        return None
+        if self.chosen_at is None:
+            return None
+        return self.candidates[self.chosen_at]
+
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        out: list[Candidate] = []
+        winner: Cluster | None = None
+        nearest = self.reason is Reason.NEAREST
+        fallback = self.order[0][0].name
+        for i, (cluster, distance) in enumerate(self.order):
+            why_not = self.unroutable.get(cluster.name)
+            if why_not is not None:
+                out.append(Candidate(cluster, distance, chosen=False, why=why_not))
+            elif i == self.chosen_at:
+                winner = cluster
+                why = "nearest routable cluster" if nearest else _fallback_why(cluster, fallback)
+                out.append(Candidate(cluster, distance, chosen=True, why=why))
+            else:
+                assert winner is not None
+                rel = "farther than" if nearest else "ranked after"
+                out.append(Candidate(cluster, distance, chosen=False, why=f"{rel} {winner.name}"))
+        return tuple(out)
 
 
 def _round_km(d: float | None) -> float | None:
     return None if d is None else round(d, 1)
+
+
+def choose(order: Order, reason: Reason, unroutable: Mapping[str, str]) -> Ranking:
+    """The first cluster of ``order`` that is not in ``unroutable``."""
+    for i, (cluster, _) in enumerate(order):
+        if cluster.name not in unroutable:
+            return Ranking(reason, order, unroutable, i)
+    return Ranking(reason, order, unroutable, None)
 
 
 def rank(
@@ -91,41 +144,10 @@ def rank(
     rest follow by their distance from it, so its nearest neighbour stands in.
     """
     if location is not None and location.lat is not None and location.lon is not None:
-        origin = (location.lat, location.lon)
-        reason = Reason.NEAREST
-    else:
-        home = next((c for c in clusters if c.name == fallback), clusters[0])
-        origin = (home.lat, home.lon)
-        reason = Reason.FALLBACK
-
-    measured = sorted(
-        ((haversine_km(origin[0], origin[1], c.lat, c.lon), c) for c in clusters),
-        key=lambda dc: (
-            dc[1].name != fallback if reason is Reason.FALLBACK else False,
-            dc[0],
-            dc[1].name,
-        ),
-    )
-
-    out: list[Candidate] = []
-    winner: Cluster | None = None
-    for distance, cluster in measured:
-        shown = distance if reason is Reason.NEAREST else None
-        why_not = unroutable.get(cluster.name)
-        if why_not is not None:
-            out.append(Candidate(cluster, shown, chosen=False, why=why_not))
-        elif winner is None:
-            winner = cluster
-            why = (
-                "nearest routable cluster"
-                if reason is Reason.NEAREST
-                else _fallback_why(cluster, fallback)
-            )
-            out.append(Candidate(cluster, shown, chosen=True, why=why))
-        else:
-            rel = "farther than" if reason is Reason.NEAREST else "ranked after"
-            out.append(Candidate(cluster, shown, chosen=False, why=f"{rel} {winner.name}"))
-    return Ranking(reason, tuple(out))
+        return choose(
+            nearest_order(location.lat, location.lon, clusters), Reason.NEAREST, unroutable
+        )
+    return choose(fallback_order(clusters, fallback), Reason.FALLBACK, unroutable)
 
 
 def _fallback_why(cluster: Cluster, fallback: str) -> str:

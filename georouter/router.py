@@ -16,8 +16,16 @@ from georouter.config import Cluster, Config
 from georouter.location import Location
 from georouter.metrics import Metrics
 from georouter.pins import Pin
-from georouter.policy import Ranking, Reason, haversine_km, rank
-from georouter.sessionmap import Outcome, SessionMap
+from georouter.policy import (
+    Order,
+    Ranking,
+    Reason,
+    choose,
+    fallback_order,
+    haversine_km,
+    nearest_order,
+)
+from georouter.sessionmap import SessionMap
 
 # Bounds the compare-and-set rounds when edges disagree about health.
 MAX_PIN_ROUNDS = 3
@@ -88,6 +96,11 @@ def _why_none(ranking: Ranking) -> str:
     return ", ".join(f"{sum(c.why == r for c in ranking.candidates)} {r}" for r in reasons)
 
 
+# Distinct client positions whose cluster order is remembered; GeoIP databases
+# place most addresses at a few thousand city centroids.
+ORDER_CACHE_SIZE = 65536
+
+
 class Router:
     def __init__(
         self,
@@ -102,118 +115,102 @@ class Router:
         self._clusters = {c.name: c for c in config.clusters}
         self._locator = locator
         self._health = health
-        self._metrics = metrics
         self._sessions = sessions
-        metrics.describe("georouter_decisions_total", "Routing decisions by reason and cluster.")
+        self._decisions = metrics.family(
+            "georouter_decisions_total",
+            "Routing decisions by reason and cluster.",
+            ("reason", "cluster"),
+        ).values
+        # The order of preference depends only on the position (health only picks
+        # within it), so it is computed once per position.
+        self._orders: dict[tuple[float, float], Order] = {}
+        self._fallback_order = fallback_order(config.clusters, config.router.fallback)
 
     def _count(self, decision: Decision) -> Decision:
-        self._metrics.inc(
-            "georouter_decisions_total",
-            reason=decision.reason.value if decision.cluster else "none",
-            cluster=decision.cluster.name if decision.cluster else "",
-        )
+        if decision.cluster is None:
+            self._decisions[("none", "")] += 1
+        else:
+            self._decisions[(decision.reason.value, decision.cluster.name)] += 1
         return decision
 
-    def _rank(
-        self, client_ip: IPAddress | None
-    ) -> tuple[Location | None, Ranking, Mapping[str, str]]:
-        location = self._locator.lookup(client_ip) if client_ip is not None else None
-        unroutable = self._health.unroutable()
-        ranking = rank(
-            location,
-            self.config.clusters,
-            fallback=self.config.router.fallback,
-            unroutable=unroutable,
+    def _ranking(self, location: Location | None, unroutable: Mapping[str, str]) -> Ranking:
+        if location is None or location.lat is None or location.lon is None:
+            return choose(self._fallback_order, Reason.FALLBACK, unroutable)
+        point = (location.lat, location.lon)
+        order = self._orders.get(point)
+        if order is None:
+            if len(self._orders) >= ORDER_CACHE_SIZE:
+                self._orders.clear()
+            order = self._orders[point] = nearest_order(*point, self.config.clusters)
+        return choose(order, Reason.NEAREST, unroutable)
+
+    def _plain(
+        self,
+        client_ip: IPAddress | None,
+        location: Location | None,
+        ranking: Ranking,
+        session: SessionView | None = None,
+        reason: Reason | None = None,
+    ) -> Decision:
+        """The decision the ranking makes on its own (nearest, fallback, failover)."""
+        if ranking.chosen_at is None:
+            cluster, distance = None, None
+        else:
+            cluster, distance = ranking.order[ranking.chosen_at]
+        return self._count(
+            Decision(
+                cluster, reason or ranking.reason, client_ip, location, distance, ranking, session
+            )
         )
-        return location, ranking, unroutable
 
     def decide(self, client_ip: IPAddress | None) -> Decision:
         """The cluster for a client at ``client_ip`` with no session (None: no address)."""
-        location, ranking, _ = self._rank(client_ip)
-        chosen = ranking.chosen
-        return self._count(
-            Decision(
-                cluster=chosen.cluster if chosen else None,
-                reason=ranking.reason,
-                client_ip=client_ip,
-                location=location,
-                distance_km=chosen.distance_km if chosen else None,
-                ranking=ranking,
-            )
-        )
+        location = self._locator.lookup(client_ip) if client_ip is not None else None
+        return self._plain(client_ip, location, self._ranking(location, self._health.unroutable()))
 
     async def route(self, client_ip: IPAddress | None, session_id: str | None) -> Decision:
         """The cluster for a client, keeping a session on the cluster it is pinned to."""
         if session_id is None or self._sessions is None:
             return self.decide(client_ip)
-        location, ranking, unroutable = self._rank(client_ip)
+        location = self._locator.lookup(client_ip) if client_ip is not None else None
+        unroutable = self._health.unroutable()
+        ranking = self._ranking(location, unroutable)
         outcome = await self._sessions.read(session_id)
         degraded = outcome.degraded
-        pinned = outcome.pin
-        if pinned is not None and self._routable(pinned.cluster, unroutable):
-            return self._sticky(
-                client_ip=client_ip,
-                location=location,
-                ranking=ranking,
-                session_id=session_id,
-                pin=pinned,
-                degraded=degraded,
-            )
-
-        chosen = ranking.chosen
-        if chosen is None:
-            view = SessionView(session_id, pinned, degraded)
-            return self._count(
-                Decision(None, ranking.reason, client_ip, location, None, ranking, view)
-            )
-        target = chosen.cluster.name
-        replacing = pinned.cluster if pinned is not None else None
-        result: Outcome = outcome
-        for _ in range(MAX_PIN_ROUNDS):
-            result = await self._sessions.pin(session_id, target, replacing=replacing)
-            degraded = degraded or result.degraded
-            held = result.pin
-            if held is None or held.cluster == target:
-                break
-            if self._routable(held.cluster, unroutable):
-                # Another edge pinned it first: every edge answers the same cluster.
-                return self._sticky(
-                    client_ip=client_ip,
-                    location=location,
-                    ranking=ranking,
-                    session_id=session_id,
-                    pin=held,
-                    degraded=degraded,
+        held = outcome.pin
+        if held is None or not self._routable(held.cluster, unroutable):
+            if ranking.chosen_at is None:
+                return self._plain(
+                    client_ip, location, ranking, SessionView(session_id, held, degraded)
                 )
-            # Pinned elsewhere to a cluster this edge cannot use: replace that pin.
-            replacing = held.cluster
-        reason = Reason.FAILOVER if pinned is not None else ranking.reason
-        view = SessionView(session_id, result.pin, degraded)
+            target = ranking.order[ranking.chosen_at][0].name
+            replacing = held.cluster if held is not None else None
+            for _ in range(MAX_PIN_ROUNDS):
+                result = await self._sessions.pin(session_id, target, replacing=replacing)
+                degraded = degraded or result.degraded
+                if result.pin is None or result.pin.cluster == target:
+                    reason = Reason.FAILOVER if outcome.pin is not None else None
+                    view = SessionView(session_id, result.pin, degraded)
+                    return self._plain(client_ip, location, ranking, view, reason)
+                held = result.pin
+                if self._routable(held.cluster, unroutable):
+                    break  # another edge pinned it first: every edge answers its cluster
+                # Pinned elsewhere to a cluster this edge cannot use: replace that pin.
+                replacing = held.cluster
+            else:
+                view = SessionView(session_id, held, degraded)
+                return self._plain(client_ip, location, ranking, view, Reason.FAILOVER)
+        cluster = self._clusters[held.cluster]
+        distance = None
+        if location is not None and location.lat is not None and location.lon is not None:
+            distance = haversine_km(location.lat, location.lon, cluster.lat, cluster.lon)
+        view = SessionView(session_id, held, degraded)
         return self._count(
-            Decision(chosen.cluster, reason, client_ip, location, chosen.distance_km, ranking, view)
+            Decision(cluster, Reason.STICKY, client_ip, location, distance, ranking, view)
         )
 
     def _routable(self, name: str, unroutable: Mapping[str, str]) -> bool:
         return name in self._clusters and name not in unroutable
-
-    def _sticky(
-        self,
-        *,
-        client_ip: IPAddress | None,
-        location: Location | None,
-        ranking: Ranking,
-        session_id: str,
-        pin: Pin,
-        degraded: bool,
-    ) -> Decision:
-        cluster = self._clusters[pin.cluster]
-        distance = None
-        if location is not None and location.lat is not None and location.lon is not None:
-            distance = haversine_km(location.lat, location.lon, cluster.lat, cluster.lon)
-        view = SessionView(session_id, pin, degraded)
-        return self._count(
-            Decision(cluster, Reason.STICKY, client_ip, location, distance, ranking, view)
-        )
 
 
 __all__ = ["AssumeAllUp", "Decision", "HealthView", "Locator", "Reason", "Router"]

@@ -53,25 +53,26 @@ class SessionMap:
         self.local = LocalPins(settings.local_cache_size, int(settings.ttl_s * 1000))
         # session id -> (cluster, cluster it replaced): pins Redis has not seen yet.
         self.pending: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
-        self._metrics = metrics
         self._clock_ms = clock_ms
         self._max_age_ms = int(settings.max_ttl_s * 1000)
-        metrics.describe(
+        self._degraded_count = metrics.family(
             "georouter_session_degraded_total", "Session lookups and pins answered without Redis."
-        )
-        metrics.describe("georouter_redis_errors_total", "Redis calls that failed or timed out.")
-        metrics.describe(
+        ).values
+        self._errors = metrics.family(
+            "georouter_redis_errors_total", "Redis calls that failed or timed out."
+        ).values
+        self._written_back = metrics.family(
             "georouter_session_written_back_total",
             "Pins made without Redis, written back once it returned.",
-        )
+        ).values
 
     def _failed(self, exc: StoreUnavailable) -> None:
-        self._metrics.inc("georouter_redis_errors_total")
+        self._errors[()] += 1
         if self.breaker.failure():
             log.warning("Redis unavailable (%s): routing sessions from local memory", exc)
 
     def _degraded(self) -> None:
-        self._metrics.inc("georouter_session_degraded_total")
+        self._degraded_count[()] += 1
 
     def _remember(self, session_id: str, pin: Pin) -> None:
         if pin.forgotten:
@@ -179,7 +180,7 @@ class SessionMap:
             if any(isinstance(r, BaseException) for r in results):
                 break
         if written:
-            self._metrics.inc("georouter_session_written_back_total", written)
+            self._written_back[()] += written
             log.info("wrote %d pins made without Redis back to Redis", written)
         return written
 

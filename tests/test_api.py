@@ -330,8 +330,8 @@ async def test_liveness_metrics_and_openapi(standins: dict[str, StandIn]) -> Non
         metrics = await api.get("/metrics")
         spec = await api.get("/openapi.json")
     assert healthz.json() == {"status": "ok"}
-    assert 'georouter_decisions_total{cluster="eu-west",reason="nearest"} 1' in metrics.text
-    assert 'georouter_decisions_total{cluster="us-east",reason="fallback"} 1' in metrics.text
+    assert 'georouter_decisions_total{reason="nearest",cluster="eu-west"} 1' in metrics.text
+    assert 'georouter_decisions_total{reason="fallback",cluster="us-east"} 1' in metrics.text
     assert "georouter_clusters_up 5" in metrics.text
     paths = spec.json()["paths"]
     assert {"/v1/route", "/v1/clusters", "/healthz", "/readyz"} <= set(paths)

@@ -247,6 +247,6 @@ async def test_session_metrics_and_status(config: Config, redis_server: RedisSer
         status = (await api.get("/v1/clusters")).json()["sessions"]
     assert "georouter_session_degraded_total 4" in metrics
     assert "georouter_redis_breaker_open 1" in metrics
-    assert 'georouter_decisions_total{cluster="eu-west",reason="sticky"} 4' in metrics
+    assert 'georouter_decisions_total{reason="sticky",cluster="eu-west"} 4' in metrics
     assert status["breaker"] == "open"
     assert status["mode"] == "standalone"

@@ -197,3 +197,28 @@ def test_bundled_geolite2_snapshot_opens_and_locates_real_addresses() -> None:
         assert london.lat == pytest.approx(51.5, abs=1)
     finally:
         db.close()
+
+
+def test_not_global_ranges_agree_with_ipaddress() -> None:
+    import random
+
+    from georouter.geo import _NOT_GLOBAL, address_key, is_global
+
+    rng = random.Random(11)
+    samples: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for net in map(ipaddress.ip_network, _NOT_GLOBAL):
+        # Both edges of every range, and the addresses just outside them.
+        first, last = int(net.network_address), int(net.broadcast_address)
+        top = (1 << net.max_prefixlen) - 1
+        for n in {first, last, max(first - 1, 0), min(last + 1, top)}:
+            samples.append(
+                ipaddress.ip_address(n) if net.version == 6 else ipaddress.IPv4Address(n)
+            )
+    samples += [ipaddress.IPv4Address(rng.getrandbits(32)) for _ in range(5000)]
+    samples += [ipaddress.IPv6Address(rng.getrandbits(128)) for _ in range(2000)]
+    samples += [ipaddress.IPv6Address((0x2000 << 112) | rng.getrandbits(112)) for _ in range(2000)]
+    for addr in samples:
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            continue  # mapped addresses are normalised to IPv4 before any lookup
+        expected = addr.is_global and not addr.is_multicast
+        assert is_global(address_key(addr)) is expected, addr

@@ -8,12 +8,12 @@ non-ASCII token is a 401, never a 500.
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from georouter.sessionid import tokens_equal, valid_id
 from georouter.sessionmap import SessionMap
 from georouter.sessions import StoreUnavailable
-from georouter.web import ApiError, Services, services
+from georouter.web import JSON, ApiError, Services, services
 
 
 def _authorised(request: Request) -> tuple[Services, SessionMap]:
@@ -58,7 +58,7 @@ async def get_session(request: Request) -> Response:
         raise ApiError(503, "session_store_unavailable", f"Redis did not answer: {exc}") from exc
     if pin is None:
         raise ApiError(404, "unknown_session", "no such session", session=session_id)
-    return JSONResponse(
+    return JSON(
         {
             "id": session_id,
             "pinned": pin.cluster,
@@ -75,4 +75,4 @@ async def delete_session(request: Request) -> Response:
         await sessions.forget(session_id)
     except StoreUnavailable as exc:
         raise ApiError(503, "session_store_unavailable", f"Redis did not answer: {exc}") from exc
-    return JSONResponse({"id": session_id, "forgotten": True})
+    return JSON({"id": session_id, "forgotten": True})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -20,8 +21,9 @@ import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from georouter import admin, api
 from georouter.clientip import TrustRule
@@ -32,21 +34,21 @@ from georouter.monitor import HealthMonitor
 from georouter.router import Router
 from georouter.sessionid import CookieSigner
 from georouter.sessionmap import SessionMap
-from georouter.sessions import RedisSessionStore, make_client
-from georouter.web import ApiError, Services
+from georouter.sessions import RedisSessionStore, make_client, make_subscriber
+from georouter.web import JSON, ApiError, HealthSource, Services
 
 log = logging.getLogger(__name__)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+    return JSON(exc.body, status_code=exc.status, headers=exc.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse(
+    return JSON(
         {"error": code, "message": exc.detail}, status_code=exc.status_code, headers=exc.headers
     )
 
@@ -54,7 +56,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _server_error(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log, never to the client.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({"error": "internal", "message": "internal error"}, status_code=500)
+    return JSON({"error": "internal", "message": "internal error"}, status_code=500)
+
+
+class AsgiEndpoint:
+    """Mount a plain ASGI function as is: Starlette would wrap a function as a
+    request handler, with the per-request machinery the hot path avoids."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
 
 
 def _open_geo(config: Config, now: float) -> GeoDatabase:
@@ -81,8 +94,13 @@ def create_app(
     clock: Callable[[], float] = time.time,
     admin_token: str | None = None,
     signer: CookieSigner | None = None,
+    health: HealthSource | None = None,
 ) -> Starlette:
-    """The georouter ASGI app for ``config``. Sessions are on when ``config`` names a Redis."""
+    """The georouter ASGI app for ``config``. Sessions are on when ``config`` names a Redis.
+
+    Without ``health`` the app probes the clusters itself; a worker process is
+    given the shared board its prober publishes to instead.
+    """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -99,18 +117,25 @@ def create_app(
                     make_client(config.sessions.redis, config.sessions),
                     config.sessions,
                     clock_ms=lambda: int(clock() * 1000),
+                    origin=secrets.token_hex(8),
+                    subscriber=make_subscriber(config.sessions.redis, config.sessions),
                 )
                 stack.push_async_callback(store.close)
                 sessions = SessionMap(
                     store, config.sessions, metrics, clock_ms=lambda: int(clock() * 1000)
                 )
                 log.info("sessions shared through %s", config.sessions.redis.redacted)
-            monitor = HealthMonitor(config.clusters, config.health, http, clock=clock)
-            router = Router(config, locator=geo, health=monitor, metrics=metrics, sessions=sessions)
+            monitor = None
+            source: HealthSource
+            if health is None:
+                source = monitor = HealthMonitor(config.clusters, config.health, http, clock=clock)
+            else:
+                source = health
+            router = Router(config, locator=geo, health=source, metrics=metrics, sessions=sessions)
             services = Services(
                 config=config,
                 geo=geo,
-                monitor=monitor,
+                health=source,
                 router=router,
                 metrics=metrics,
                 trust=TrustRule(
@@ -123,9 +148,12 @@ def create_app(
                 admin_token=admin_token,
             )
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(monitor.run(), name="health-monitor")]
+                tasks = []
+                if monitor is not None:
+                    tasks.append(tg.create_task(monitor.run(), name="health-monitor"))
                 if sessions is not None:
                     tasks.append(tg.create_task(sessions.run(), name="redis-recovery"))
+                    tasks.append(tg.create_task(sessions.follow_changes(), name="pin-changes"))
                 try:
                     yield {"services": services}
                 finally:
@@ -133,7 +161,7 @@ def create_app(
                         task.cancel()
 
     routes = [
-        Route("/v1/route", api.route_one, methods=["GET"]),
+        Route("/v1/route", AsgiEndpoint(api.route_one), methods=["GET"]),
         Route("/v1/route", api.route_batch, methods=["POST"]),
         Route("/v1/sessions/{session_id:path}", admin.get_session, methods=["GET"]),
         Route("/v1/sessions/{session_id:path}", admin.delete_session, methods=["DELETE"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -24,8 +25,17 @@ from georouter.errors import ConfigError, GeoDatabaseError, Problem
 from georouter.geo import GeoDatabase
 from georouter.metrics import Metrics
 from georouter.router import AssumeAllUp, Router
-from georouter.server import ListenAddress, ListenError, configure_logging, serve, stop_on_signals
+from georouter.server import (
+    ListenAddress,
+    ListenError,
+    ServerKind,
+    configure_logging,
+    serve,
+    stop_on_signals,
+    url_of,
+)
 from georouter.sessionid import CookieSigner
+from georouter.supervisor import Supervisor, run_loop
 
 log = logging.getLogger("georouter")
 
@@ -136,20 +146,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"georouter: {exc}", file=sys.stderr)
         return 2
-    log.info("serving %d clusters from %s", len(config.clusters), path)
-
-    async def main(ready: Config) -> None:
-        stop = asyncio.Event()
-        stop_on_signals(stop)
-        await serve(create_app(ready, admin_token=admin_token, signer=signer), sock, stop)
+    kind = ServerKind(args.server)
+    if kind is ServerKind.UVICORN and importlib.util.find_spec("uvicorn") is None:
+        print(
+            "georouter: --server uvicorn: uvicorn is not installed"
+            " (pip install 'georouter[uvicorn]')",
+            file=sys.stderr,
+        )
+        return 2
+    log.info("serving %d clusters from %s with %s", len(config.clusters), path, kind.value)
+    # Printed whatever the log level: scripts and tests wait for this line.
+    print(f"georouter: listening on {url_of(sock)}", file=sys.stderr, flush=True)
 
     try:
         with session_backend(config) as ready:
-            asyncio.run(main(ready))
+            if args.workers > 1:
+                return Supervisor(
+                    ready,
+                    sock,
+                    workers=args.workers,
+                    kind=kind,
+                    admin_token=admin_token,
+                    signer=signer,
+                ).run()
+
+            async def main() -> None:
+                stop = asyncio.Event()
+                stop_on_signals(stop)
+                app = create_app(ready, admin_token=admin_token, signer=signer)
+                await serve(app, sock, stop, kind=kind)
+
+            run_loop(main)
     except EmbeddedRedisError as exc:
         print(f"georouter: sessions: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"must be 1..64, not {text!r}")
+    return int(text)
 
 
 def _address(text: str) -> IPAddress:
@@ -231,6 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"address to serve on (default {DEFAULT_LISTEN}; port 0: any free port)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the socket (default 1); one prober for all",
+    )
+    p.add_argument(
+        "--server",
+        choices=[k.value for k in ServerKind],
+        default="hypercorn",
+        help="ASGI server (default hypercorn; uvicorn needs the uvicorn extra)",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("route", help="decide offline where clients go (all clusters taken as up)")

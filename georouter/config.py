@@ -122,6 +122,9 @@ class SessionSettings:
     pool_size: int = 64
     local_cache_size: int = 100_000
     retry_interval_s: float = 1.0
+    # How long a pin read from Redis is used without asking again; changes made by
+    # other edges still reach it at once through the invalidation channel. 0: off.
+    near_cache_s: float = 30.0
     # The embedded redis-server keeps its append-only file here.
     state_dir: Path = Path("state")
 
@@ -411,6 +414,9 @@ def _parse_sessions(table: Any, problems: list[Problem], base_dir: Path | None) 
     max_ttl_s = s.get("max_ttl_s", _number(0, 10 * 365 * 86400), defaults.max_ttl_s)
     if max_ttl_s and max_ttl_s < ttl_s:
         s.problem("max_ttl_s", f"must be 0 (no cap) or at least ttl_s ({_fmt(ttl_s)})")
+    near_cache_s = s.get("near_cache_s", _number(0, 3600), defaults.near_cache_s)
+    if near_cache_s >= ttl_s:
+        s.problem("near_cache_s", f"must be less than ttl_s ({_fmt(ttl_s)}), so pins are renewed")
     state_dir = Path(s.get("state_dir", _string, str(defaults.state_dir))).expanduser()
     if not state_dir.is_absolute() and base_dir is not None:
         state_dir = base_dir / state_dir
@@ -426,6 +432,7 @@ def _parse_sessions(table: Any, problems: list[Problem], base_dir: Path | None) 
         pool_size=s.get("pool_size", _count(1, 10_000), defaults.pool_size),
         local_cache_size=s.get("local_cache_size", _count(0, 100_000_000), 100_000),
         retry_interval_s=s.get("retry_interval_s", _number(0.01, 3600), 1.0),
+        near_cache_s=near_cache_s,
         state_dir=state_dir,
     )
     s.finish()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -20,16 +20,23 @@ class Location:
     country: str | None
     accuracy_km: float | None
     source: LocationSource
+    # Built once: a location is shared by every address of its database network.
+    _json: dict[str, object] = field(init=False, repr=False, compare=False)
 
-    @property
-    def has_point(self) -> bool:
-        return self.lat is not None and self.lon is not None
-
-    def as_json(self) -> dict[str, object]:
-        return {
+    def __post_init__(self) -> None:
+        body = {
             "lat": self.lat,
             "lon": self.lon,
             "country": self.country,
             "accuracy_km": self.accuracy_km,
             "source": self.source.value,
         }
+        object.__setattr__(self, "_json", body)
+
+    @property
+    def has_point(self) -> bool:
+        return self.lat is not None and self.lon is not None
+
+    def as_json(self) -> dict[str, object]:
+        """The JSON form (shared: callers must not modify it)."""
+        return self._json

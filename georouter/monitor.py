@@ -34,17 +34,25 @@ class HealthMonitor:
         client: httpx.AsyncClient,
         *,
         clock: Callable[[], float] = time.time,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.clusters = clusters
         self.settings = settings
         self._client = client
         self._clock = clock
+        # Called after every probe result (the prober process publishes the states).
+        self._on_change = on_change
         self.states: dict[str, HealthState] = {c.name: HealthState() for c in clusters}
         # Rebuilt on every status change, read on every request.
         self._unroutable: Mapping[str, str] = self._build_unroutable()
         self._first_round_left = {c.name for c in clusters}
         # Set once every cluster has had its first probe: nothing is routed before.
         self.first_round_done = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        """Every cluster has had its first probe."""
+        return self.first_round_done.is_set()
 
     def unroutable(self) -> Mapping[str, str]:
         """Clusters that take no traffic now, with why (for the policy)."""
@@ -92,6 +100,8 @@ class HealthMonitor:
         self._first_round_left.discard(cluster.name)
         if not self._first_round_left:
             self.first_round_done.set()
+        if self._on_change is not None:
+            self._on_change()
         return after
 
     async def _watch(self, cluster: Cluster) -> None:

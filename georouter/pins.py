@@ -83,3 +83,68 @@ class LocalPins:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class NearCache:
+    """Pins read from Redis, trusted for ``ttl_ms`` without asking again.
+
+    Kept correct by invalidation: every pin change is announced on a Redis
+    channel, and ``invalidate`` drops the session at once. The cache is only
+    ``active`` while this edge is subscribed to that channel; losing the
+    subscription clears it, since announcements may have been missed. A read
+    from Redis that raced with an announcement for the same session is not
+    cached (``mark`` before the read, ``put`` with that mark after it).
+    """
+
+    _HISTORY_LIMIT = 100_000
+
+    def __init__(self, capacity: int, ttl_ms: int) -> None:
+        self.capacity = capacity
+        self.ttl_ms = ttl_ms
+        self.active = False
+        self._entries: dict[str, tuple[Pin, int]] = {}
+        self._seq = 0
+        self._floor = 0
+        self._invalidated_at: dict[str, int] = {}
+
+    def activate(self) -> None:
+        self.active = True
+        self._floor = self._seq
+
+    def deactivate(self) -> None:
+        self.active = False
+        self._entries.clear()
+        self._seq += 1
+        self._floor = self._seq
+
+    def mark(self) -> int:
+        return self._seq
+
+    def get(self, session_id: str, now_ms: int) -> Pin | None:
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return None
+        if entry[1] <= now_ms:
+            del self._entries[session_id]
+            return None
+        return entry[0]
+
+    def put(self, session_id: str, pin: Pin, now_ms: int, mark: int) -> None:
+        if not self.active or mark < self._floor or self.ttl_ms <= 0:
+            return
+        if self._invalidated_at.get(session_id, -1) > mark:
+            return  # changed while we were reading it
+        if len(self._entries) >= self.capacity:
+            self._entries.clear()
+        self._entries[session_id] = (pin, now_ms + self.ttl_ms)
+
+    def invalidate(self, session_id: str) -> None:
+        self._seq += 1
+        self._entries.pop(session_id, None)
+        if len(self._invalidated_at) >= self._HISTORY_LIMIT:
+            self._invalidated_at.clear()
+            self._floor = self._seq
+        self._invalidated_at[session_id] = self._seq
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -8,11 +8,14 @@ as such instead of as a traceback from deep inside the server.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import ipaddress
 import logging
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
@@ -82,12 +85,66 @@ def _hypercorn_config(sock: socket.socket) -> HypercornConfig:
     return config
 
 
-async def serve(app: ASGIApp, sock: socket.socket, stop: asyncio.Event) -> None:
+class ServerKind(StrEnum):
+    """The ASGI server: Hypercorn (the default), or Uvicorn (the ``uvicorn`` extra)."""
+
+    HYPERCORN = "hypercorn"
+    UVICORN = "uvicorn"
+
+
+async def serve(
+    app: ASGIApp,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    *,
+    kind: ServerKind = ServerKind.HYPERCORN,
+) -> None:
     """Serve ``app`` on ``sock`` until ``stop`` is set; lifespan shutdown runs before return."""
-    url = url_of(sock)
-    config = _hypercorn_config(sock)
-    log.info("listening on %s", url)
-    await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    if kind is ServerKind.UVICORN:
+        await _serve_uvicorn(app, sock, stop)
+    else:
+        await hypercorn_serve(app, _hypercorn_config(sock), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+
+async def _serve_uvicorn(app: ASGIApp, sock: socket.socket, stop: asyncio.Event) -> None:
+    import uvicorn  # noqa: PLC0415 - an optional extra
+
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        # georouter resolves client addresses itself (see clientip); uvicorn's own
+        # proxy-header handling would trust any peer's headers.
+        proxy_headers=False,
+        forwarded_allow_ips="",
+        server_header=False,
+        access_log=False,
+        log_level="warning",
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+
+    async def stop_when_asked() -> None:
+        await stop.wait()
+        server.should_exit = True
+
+    watcher = asyncio.create_task(stop_when_asked())
+    try:
+        # Uvicorn catches SIGINT/SIGTERM itself while serving, and re-raises them on
+        # the way out, where stop_on_signals' handlers see them.
+        await server.serve(sockets=[sock])
+    finally:
+        watcher.cancel()
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (the ``uvicorn`` extra), else asyncio's."""
+    if importlib.util.find_spec("uvloop") is None:
+        return None
+    import uvloop  # noqa: PLC0415 - optional
+
+    return uvloop.new_event_loop
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:

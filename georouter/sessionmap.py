@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from georouter.breaker import Breaker
 from georouter.config import SessionSettings
 from georouter.metrics import Metrics
-from georouter.pins import LocalPins, Pin
+from georouter.pins import LocalPins, NearCache, Pin
 from georouter.sessions import RedisSessionStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class SessionMap:
         self.settings = settings
         self.breaker = Breaker(FAILURES_TO_OPEN)
         self.local = LocalPins(settings.local_cache_size, int(settings.ttl_s * 1000))
+        self.near = NearCache(settings.local_cache_size, int(settings.near_cache_s * 1000))
         # session id -> (cluster, cluster it replaced): pins Redis has not seen yet.
         self.pending: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
         self._clock_ms = clock_ms
@@ -60,6 +61,10 @@ class SessionMap:
         ).values
         self._errors = metrics.family(
             "georouter_redis_errors_total", "Redis calls that failed or timed out."
+        ).values
+        self._near_hits = metrics.family(
+            "georouter_session_near_cache_hits_total",
+            "Sticky reads answered from the near cache, without a Redis round trip.",
         ).values
         self._written_back = metrics.family(
             "georouter_session_written_back_total",
@@ -74,11 +79,16 @@ class SessionMap:
     def _degraded(self) -> None:
         self._degraded_count[()] += 1
 
-    def _remember(self, session_id: str, pin: Pin) -> None:
+    def _remember(self, session_id: str, pin: Pin, mark: int | None = None) -> None:
+        """Keep what Redis said: in the outage memory and, when ``mark``ed, the near cache."""
         if pin.forgotten:
             self.local.drop(session_id)
-        else:
-            self.local.put(session_id, pin, self._clock_ms())
+            self.near.invalidate(session_id)
+            return
+        now = self._clock_ms()
+        self.local.put(session_id, pin, now)
+        if mark is not None:
+            self.near.put(session_id, pin, now, mark)
 
     def _local(self, session_id: str) -> Pin | None:
         now = self._clock_ms()
@@ -91,7 +101,12 @@ class SessionMap:
     async def read(self, session_id: str) -> Outcome:
         """The session's pin. On a Redis miss this edge's memory of it is written back
         (Redis restarted empty, or failed over to a replica that missed the write)."""
+        near = self.near.get(session_id, self._clock_ms())
+        if near is not None:
+            self._near_hits[()] += 1
+            return Outcome(near, degraded=False)
         if self.breaker.allows:
+            mark = self.near.mark()
             try:
                 pin = await self.store.read(session_id)
             except StoreUnavailable as exc:
@@ -99,7 +114,7 @@ class SessionMap:
             else:
                 self.breaker.success()
                 if pin is not None:
-                    self._remember(session_id, pin)
+                    self._remember(session_id, pin, mark)
                     return Outcome(None if pin.forgotten else pin, degraded=False)
                 remembered = self._local(session_id)
                 if remembered is None:
@@ -116,13 +131,14 @@ class SessionMap:
     async def pin(self, session_id: str, cluster: str, *, replacing: str | None) -> Outcome:
         """Pin (compare-and-set); the pin that holds afterwards, which may be another edge's."""
         if self.breaker.allows:
+            mark = self.near.mark()
             try:
                 pin = await self.store.pin(session_id, cluster, replacing=replacing)
             except StoreUnavailable as exc:
                 self._failed(exc)
             else:
                 self.breaker.success()
-                self._remember(session_id, pin)
+                self._remember(session_id, pin, mark)
                 return Outcome(pin, degraded=False)
         self._degraded()
         current = self._local(session_id)
@@ -150,6 +166,7 @@ class SessionMap:
     async def forget(self, session_id: str) -> None:
         """Forget a session everywhere (raises StoreUnavailable: an admin must know)."""
         self.local.drop(session_id)
+        self.near.invalidate(session_id)
         self.pending.pop(session_id, None)
         await self.store.forget(session_id)
 
@@ -183,6 +200,26 @@ class SessionMap:
             self._written_back[()] += written
             log.info("wrote %d pins made without Redis back to Redis", written)
         return written
+
+    async def follow_changes(self) -> None:
+        """Until cancelled: keep the near cache in step with pin changes made elsewhere.
+
+        The cache serves only while subscribed; a lost subscription empties it.
+        """
+        if not self.store.announces_changes or self.settings.near_cache_s <= 0:
+            return
+        while True:
+            try:
+                async for session_id in self.store.changes():
+                    if session_id is None:
+                        self.near.activate()
+                    else:
+                        self.near.invalidate(session_id)
+            except StoreUnavailable as exc:
+                if self.near.active:
+                    log.warning("lost the pin-change channel (%s): near cache off", exc)
+            self.near.deactivate()
+            await asyncio.sleep(self.settings.retry_interval_s)
 
     async def run(self) -> None:
         """Until cancelled: reopen a tripped breaker once Redis answers, and write back."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -31,9 +31,11 @@ from georouter.errors import GeorouterError
 from georouter.pins import TOMBSTONE, LocalPins, Pin
 
 # KEYS[1]: the session key. ARGV: cluster to pin, cluster expected to be replaced
-# ("" for none), TTL in ms, hard cap on a session's age in ms (0: none).
-# Returns the value stored after the call. Redis's own clock dates the pin, so
-# edges with skewed clocks still agree on a session's age.
+# ("" for none), TTL in ms, hard cap on a session's age in ms (0: none), then the
+# invalidation channel and message. Returns the value stored after the call.
+# Redis's own clock dates the pin, so edges with skewed clocks still agree on a
+# session's age. A changed pin is announced on the channel, so edges drop the
+# copy they keep in their near cache.
 PIN_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -55,7 +57,15 @@ if cur then
 end
 local value = ARGV[1] .. '|' .. since
 redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
 return value
+"""
+
+# KEYS[1]: the session key. ARGV: the tombstone, TTL in ms, channel, message.
+FORGET_SCRIPT = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
 """
 
 
@@ -131,6 +141,40 @@ def make_client(target: RedisTarget, settings: SessionSettings) -> Any:
     )
 
 
+def make_subscriber(target: RedisTarget, settings: SessionSettings) -> Any | None:
+    """A client for the invalidation channel: it waits for messages, so no read timeout.
+
+    None for Redis Cluster, where georouter keeps no near cache (every sticky
+    read asks Redis).
+    """
+    options: dict[str, Any] = {
+        "socket_timeout": None,
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "retry": _no_retry(),
+        "decode_responses": True,
+    }
+    if target.mode is RedisMode.STANDALONE:
+        return aioredis.Redis.from_url(target.url, **options)
+    if target.mode is RedisMode.SENTINEL:
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.nodes),
+            sentinel_kwargs={
+                "socket_timeout": settings.command_timeout_s,
+                "socket_connect_timeout": settings.connect_timeout_s,
+                "retry": _no_retry(),
+            },
+            **options,
+        )
+        return sentinel.master_for(
+            target.service or "",
+            db=target.db,
+            username=target.username,
+            password=target.password,
+            ssl=target.tls,
+        )
+    return None
+
+
 class RedisSessionStore:
     """The session map in Redis (standalone, Sentinel or Cluster)."""
 
@@ -140,8 +184,11 @@ class RedisSessionStore:
         settings: SessionSettings,
         *,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        origin: str = "",
+        subscriber: Any | None = None,
     ) -> None:
         self._client = client
+        self._subscriber = subscriber
         self._prefix = f"{settings.key_prefix}:s:"
         self._ttl_ms = int(settings.ttl_s * 1000)
         self._max_age_ms = int(settings.max_ttl_s * 1000)
@@ -150,6 +197,11 @@ class RedisSessionStore:
         self._deadline_s = settings.command_timeout_s + settings.connect_timeout_s
         self._clock_ms = clock_ms
         self._pin_script = client.register_script(PIN_SCRIPT)
+        self._forget_script = client.register_script(FORGET_SCRIPT)
+        # Pin changes are announced on this channel as "<origin> <session id>"; an
+        # edge process ignores its own announcements (it already knows).
+        self.channel = f"{settings.key_prefix}:pins"
+        self.origin = origin
         # redis-py's asyncio RedisCluster sends keyed commands issued before its first
         # initialize() to a random master, and the MOVED that follows tears down the
         # connections of concurrent calls (redis-py#3032): initialize it first, once.
@@ -187,7 +239,14 @@ class RedisSessionStore:
         raw = await self._call(
             lambda: self._pin_script(
                 keys=[self.key(session_id)],
-                args=[cluster, replacing or "", self._ttl_ms, self._max_age_ms],
+                args=[
+                    cluster,
+                    replacing or "",
+                    self._ttl_ms,
+                    self._max_age_ms,
+                    self.channel,
+                    f"{self.origin} {session_id}",
+                ],
             )
         )
         pin = Pin.decode(raw, ttl_ms=self._ttl_ms)
@@ -197,7 +256,12 @@ class RedisSessionStore:
 
     async def forget(self, session_id: str) -> None:
         tombstone = Pin(TOMBSTONE, self._clock_ms()).encode()
-        await self._call(lambda: self._client.set(self.key(session_id), tombstone, px=self._ttl_ms))
+        await self._call(
+            lambda: self._forget_script(
+                keys=[self.key(session_id)],
+                args=[tombstone, self._ttl_ms, self.channel, f"{self.origin} {session_id}"],
+            )
+        )
 
     async def peek(self, session_id: str) -> Pin | None:
         key = self.key(session_id)
@@ -217,12 +281,45 @@ class RedisSessionStore:
     async def ping(self) -> None:
         await self._call(self._client.ping)
 
+    @property
+    def announces_changes(self) -> bool:
+        return self._subscriber is not None
+
+    async def changes(self) -> AsyncIterator[str | None]:
+        """Session ids whose pin another process changed; None once subscribed.
+
+        Ends (raising StoreUnavailable) when the subscription is lost: whatever
+        was announced meanwhile was missed.
+        """
+        if self._subscriber is None:
+            return
+        pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
+        try:
+            async with asyncio.timeout(self._deadline_s * 4):
+                await pubsub.subscribe(self.channel)
+            yield None
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is None or message.get("type") != "message":
+                    continue
+                origin, _, session_id = str(message["data"]).partition(" ")
+                if origin != self.origin:
+                    yield session_id
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            await pubsub.aclose()
+
     async def close(self) -> None:
-        await self._client.aclose()
-        # A Sentinel-backed client's pool holds its own clients to the Sentinels.
-        sentinel = getattr(getattr(self._client, "connection_pool", None), "sentinel_manager", None)
-        if sentinel is not None:
-            await sentinel.aclose()
+        for client in (self._client, self._subscriber):
+            if client is None:
+                continue
+            await client.aclose()
+            # A Sentinel-backed client's pool holds its own clients to the Sentinels.
+            pool = getattr(client, "connection_pool", None)
+            sentinel = getattr(pool, "sentinel_manager", None)
+            if sentinel is not None:
+                await sentinel.aclose()
 
 
 class LocalSessionStore:

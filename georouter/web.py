@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import unquote_plus
 
+import orjson
 from starlette.requests import Request
+from starlette.responses import Response
 
 from georouter.clientip import IPAddress, TrustRule
 from georouter.config import Config
 from georouter.geo import GeoDatabase
+from georouter.health import HealthState
 from georouter.metrics import Metrics
-from georouter.monitor import HealthMonitor
 from georouter.router import Router
 from georouter.sessionid import CookieSigner
 from georouter.sessionmap import SessionMap
+
+
+class HealthSource(Protocol):
+    """Cluster health as the API sees it: this process's monitor, or the shared board."""
+
+    @property
+    def states(self) -> Mapping[str, HealthState]: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    def unroutable(self) -> Mapping[str, str]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +39,7 @@ class Services:
 
     config: Config
     geo: GeoDatabase
-    monitor: HealthMonitor
+    health: HealthSource
     router: Router
     metrics: Metrics
     trust: TrustRule
@@ -50,8 +67,41 @@ class ApiError(Exception):
 
 
 def services(request: Request) -> Services:
-    found: Services = request.state.services
+    found: Services = request.scope["state"]["services"]
     return found
+
+
+def query_of(request: Request) -> dict[str, str]:
+    """The query parameters (the last of repeated names wins, as in Starlette).
+
+    Parsed here rather than by ``request.query_params`` because every routing
+    request needs it and the common case (plain ASCII, nothing escaped) needs
+    no unquoting at all.
+    """
+    raw: bytes = request.scope.get("query_string", b"")
+    out: dict[str, str] = {}
+    if not raw:
+        return out
+    for part in raw.split(b"&"):
+        if not part:
+            continue
+        name_b, _, value_b = part.partition(b"=")
+        name, value = name_b.decode("latin-1"), value_b.decode("latin-1")
+        if "%" in name or "+" in name:
+            name = unquote_plus(name)
+        if "%" in value or "+" in value:
+            value = unquote_plus(value)
+        out[name] = value
+    return out
+
+
+class JSON(Response):
+    """A JSON response rendered by orjson (several times faster than json.dumps)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 def client_ip(request: Request, svc: Services) -> IPAddress | None:

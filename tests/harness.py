@@ -126,11 +126,25 @@ def georouter_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "georouter", *args]
 
 
-def start_edge(config_path: Path, log_path: Path, *, ready: bool = True) -> Edge:
-    """Start `georouter serve` on a free port; wait until it listens (and is ready)."""
+def start_edge(
+    config_path: Path,
+    log_path: Path,
+    *,
+    ready: bool = True,
+    args: tuple[str, ...] = (),
+    prefix: tuple[str, ...] = (),
+) -> Edge:
+    """Start `georouter serve` on a free port; wait until it listens (and is ready).
+
+    ``args`` are more `serve` arguments; ``prefix`` goes before the command
+    (e.g. ``taskset -c 0``).
+    """
     log_file = log_path.open("wb")
+    command = georouter_command(
+        "serve", "--config", str(config_path), "--listen", "127.0.0.1:0", *args
+    )
     process = subprocess.Popen(
-        georouter_command("serve", "--config", str(config_path), "--listen", "127.0.0.1:0"),
+        [*prefix, *command],
         stdout=log_file,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -241,6 +241,10 @@ async def test_session_metrics_and_status(config: Config, redis_server: RedisSer
     async with serving(config) as api:
         await api.get("/v1/route", params={"ip": "81.2.69.1", "session": "s1"})
         redis_server.kill()
+        # The near cache goes off once the edge sees its change channel drop.
+        async with asyncio.timeout(10):
+            while (await api.get("/v1/clusters")).json()["sessions"]["near_cache"] == "on":
+                await asyncio.sleep(0.01)
         for _ in range(4):
             await api.get("/v1/route", params={"ip": "81.2.69.1", "session": "s1"})
         metrics = (await api.get("/metrics")).text

@@ -86,3 +86,58 @@ def test_breaker_opens_after_consecutive_failures_only() -> None:
     breaker.close()
     assert breaker.allows
     assert breaker.consecutive_failures == 0
+
+
+def test_near_cache_serves_only_while_active() -> None:
+    from georouter.pins import NearCache
+
+    near = NearCache(capacity=10, ttl_ms=1000)
+    near.put("s1", Pin("eu-west", 0), now_ms=0, mark=near.mark())
+    assert near.get("s1", now_ms=1) is None  # not subscribed yet: nothing is kept
+    near.activate()
+    near.put("s1", Pin("eu-west", 0), now_ms=0, mark=near.mark())
+    assert near.get("s1", now_ms=999) == Pin("eu-west", 0)
+    assert near.get("s1", now_ms=1000) is None  # trusted for ttl_ms only
+    near.put("s1", Pin("eu-west", 0), now_ms=0, mark=near.mark())
+    near.deactivate()  # the subscription was lost: announcements may be missed
+    assert near.get("s1", now_ms=1) is None
+    assert len(near) == 0
+
+
+def test_near_cache_drops_invalidated_sessions_and_refuses_raced_reads() -> None:
+    from georouter.pins import NearCache
+
+    near = NearCache(capacity=10, ttl_ms=1000)
+    near.activate()
+    near.put("s1", Pin("eu-west", 0), now_ms=0, mark=near.mark())
+    near.invalidate("s1")
+    assert near.get("s1", now_ms=1) is None
+
+    mark = near.mark()  # a Redis read starts...
+    near.invalidate("s2")  # ...another edge changes s2 meanwhile...
+    near.put("s2", Pin("eu-west", 0), now_ms=0, mark=mark)  # ...so the read is stale
+    assert near.get("s2", now_ms=1) is None
+    near.put("s3", Pin("us-east", 0), now_ms=0, mark=mark)  # other sessions are fine
+    assert near.get("s3", now_ms=1) == Pin("us-east", 0)
+
+
+def test_a_read_begun_before_activation_is_not_cached() -> None:
+    from georouter.pins import NearCache
+
+    near = NearCache(capacity=10, ttl_ms=1000)
+    mark = near.mark()
+    near.activate()
+    near.deactivate()
+    near.activate()
+    near.put("s1", Pin("eu-west", 0), now_ms=0, mark=mark)
+    assert near.get("s1", now_ms=1) is None
+
+
+def test_near_cache_is_bounded() -> None:
+    from georouter.pins import NearCache
+
+    near = NearCache(capacity=3, ttl_ms=1000)
+    near.activate()
+    for i in range(10):
+        near.put(f"s{i}", Pin("c", 0), now_ms=0, mark=near.mark())
+        assert len(near) <= 3

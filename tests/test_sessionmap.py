@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -213,3 +214,96 @@ async def test_every_remembered_pin_goes_back_to_a_redis_that_returned_empty(
     with redis_server.client() as c:
         assert c.get("georouter:s:used").startswith("eu-west|")
         assert c.get("georouter:s:quiet").startswith("ap-sydney|")
+
+
+def getex_calls(redis_server: RedisServer) -> int:
+    with redis_server.client() as c:
+        return int(c.info("commandstats").get("cmdstat_getex", {}).get("calls", 0))
+
+
+@pytest.fixture
+async def make_near_map(redis_server: RedisServer) -> AsyncIterator[Callable[[], SessionMap]]:
+    """Session maps with a near cache kept by the pin-change channel (one per edge)."""
+    maps: list[tuple[SessionMap, asyncio.Task[None]]] = []
+
+    def make() -> SessionMap:
+        import secrets
+
+        from georouter.sessions import make_subscriber
+
+        settings = session_settings(
+            redis_server.url,
+            command_timeout_s=TIMEOUT_S,
+            retry_interval_s=0.05,
+            near_cache_s=30,
+        )
+        assert settings.redis is not None
+        store = RedisSessionStore(
+            make_client(settings.redis, settings),
+            settings,
+            origin=secrets.token_hex(4),
+            subscriber=make_subscriber(settings.redis, settings),
+        )
+        m = SessionMap(store, settings, Metrics())
+        maps.append((m, asyncio.create_task(m.follow_changes())))
+        return m
+
+    yield make
+    for m, task in maps:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await m.store.close()
+
+
+async def test_sticky_reads_come_from_the_near_cache_without_a_round_trip(
+    make_near_map: Callable[[], SessionMap], redis_server: RedisServer
+) -> None:
+    m = make_near_map()
+    await until(lambda: m.near.active)
+    await m.pin("s1", "eu-west", replacing=None)
+    before = getex_calls(redis_server)
+    for _ in range(50):
+        outcome = await m.read("s1")
+        assert outcome.pin is not None
+        assert (outcome.pin.cluster, outcome.degraded) == ("eu-west", False)
+    assert getex_calls(redis_server) == before
+
+
+async def test_a_pin_changed_at_another_edge_reaches_the_near_cache_at_once(
+    make_near_map: Callable[[], SessionMap],
+) -> None:
+    edge_a, edge_b = make_near_map(), make_near_map()
+    await until(lambda: edge_a.near.active and edge_b.near.active)
+    await edge_a.pin("s1", "eu-west", replacing=None)
+    async with asyncio.timeout(10):
+        # A read that raced with A's own announcement is not cached; the next one is.
+        while len(edge_b.near) == 0:
+            read = await edge_b.read("s1")
+            assert read.pin is not None
+            assert read.pin.cluster == "eu-west"
+            await asyncio.sleep(0.01)
+
+    await edge_a.pin("s1", "us-east", replacing="eu-west")  # a failover at A
+    await until(lambda: len(edge_b.near) == 0)
+    moved = await edge_b.read("s1")
+    assert moved.pin is not None
+    assert moved.pin.cluster == "us-east"
+
+    await edge_a.forget("s1")
+    await until(lambda: len(edge_b.near) == 0)
+    assert (await edge_b.read("s1")).pin is None
+
+
+async def test_losing_redis_turns_the_near_cache_off(
+    make_near_map: Callable[[], SessionMap], redis_server: RedisServer
+) -> None:
+    m = make_near_map()
+    await until(lambda: m.near.active)
+    await m.pin("s1", "eu-west", replacing=None)
+    assert len(m.near) == 1
+    redis_server.kill()
+    await until(lambda: not m.near.active)
+    assert len(m.near) == 0
+    redis_server.start(port=redis_server.port)
+    await until(lambda: m.near.active)

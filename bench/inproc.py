@@ -1,0 +1,136 @@
+"""Decision cost in process, against its baselines measured in the same run.
+
+1. A full decision without sessions (parse the address, locate, rank, choose)
+   against a raw ``maxminddb`` lookup of the same addresses.
+2. A sticky decision against one bare Redis round trip (redis-py ``GETEX``, the
+   command a sticky read costs), with the near cache off and on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+import maxminddb
+
+from georouter.clientip import parse_address
+from georouter.config import load, parse
+from georouter.geo import GeoDatabase, bundled_database
+from georouter.metrics import Metrics
+from georouter.router import AssumeAllUp, Router
+from georouter.sessionmap import SessionMap
+from georouter.sessions import RedisSessionStore, make_client, make_subscriber
+from tests.harness import REPO
+
+
+def _best_per_op(fn: Callable[[str], object], items: list[str], rounds: int) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for item in items:
+            fn(item)
+        best = min(best, (time.perf_counter() - started) / len(items))
+    return best * 1e6
+
+
+async def _best_per_op_async(
+    fn: Callable[[int], Awaitable[object]], count: int, rounds: int
+) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for i in range(count):
+            await fn(i)
+        best = min(best, (time.perf_counter() - started) / count)
+    return best * 1e6
+
+
+def decision_cost(ips: list[str], *, rounds: int = 5) -> dict[str, float]:
+    config = load(REPO / "clusters.toml")
+    raw = maxminddb.open_database(str(bundled_database()), maxminddb.MODE_MMAP_EXT)
+    geo = GeoDatabase(None, cache_networks=65536, max_age_days=30, now=time.time())
+    router = Router(config, locator=geo, health=AssumeAllUp(), metrics=Metrics())
+    try:
+        cold_started = time.perf_counter()
+        for ip in ips:
+            router.decide(parse_address(ip))
+        cold = (time.perf_counter() - cold_started) / len(ips) * 1e6
+        raw_us = _best_per_op(raw.get, ips, rounds)
+        decision_us = _best_per_op(lambda ip: router.decide(parse_address(ip)), ips, rounds)
+        json_us = _best_per_op(lambda ip: router.decide(parse_address(ip)).as_json(), ips, rounds)
+    finally:
+        raw.close()
+        geo.close()
+    return {
+        "raw_maxminddb_us": round(raw_us, 3),
+        "decision_us": round(decision_us, 3),
+        "decision_first_pass_us": round(cold, 3),
+        "decision_with_json_us": round(json_us, 3),
+        "decision_over_raw": round(decision_us / raw_us, 3),
+    }
+
+
+def sticky_cost(
+    ips: list[str], redis_url: str, *, count: int = 5000, rounds: int = 3
+) -> dict[str, float]:
+    return asyncio.run(_sticky_cost(ips, redis_url, count=count, rounds=rounds))
+
+
+async def _sticky_cost(
+    ips: list[str], redis_url: str, *, count: int, rounds: int
+) -> dict[str, float]:
+    document = {
+        "clusters": [
+            {"name": c.name, "url": c.url, "lat": c.lat, "lon": c.lon}
+            for c in load(REPO / "clusters.toml").clusters
+        ],
+        "sessions": {"redis_url": redis_url, "command_timeout_s": 1, "near_cache_s": 30},
+    }
+    config = parse(document)
+    settings = config.sessions
+    assert settings.redis is not None
+    geo = GeoDatabase(None, cache_networks=65536, max_age_days=30, now=time.time())
+    addresses = [ipaddress.ip_address(ip) for ip in ips]
+    store = RedisSessionStore(
+        make_client(settings.redis, settings),
+        settings,
+        origin=secrets.token_hex(4),
+        subscriber=make_subscriber(settings.redis, settings),
+    )
+    client = make_client(settings.redis, settings)
+    sessions = SessionMap(store, settings, Metrics())
+    router = Router(config, locator=geo, health=AssumeAllUp(), metrics=Metrics(), sessions=sessions)
+    follow = asyncio.create_task(sessions.follow_changes())
+    try:
+        for i in range(count):  # pin every session once
+            await router.route(addresses[i % len(addresses)], f"bench-{i}")
+        bare_us = await _best_per_op_async(
+            lambda i: client.getex(f"georouter:s:bench-{i}", px=1_800_000), count, rounds
+        )
+        sessions.near.deactivate()
+        follow.cancel()
+        far_us = await _best_per_op_async(
+            lambda i: router.route(addresses[i % len(addresses)], f"bench-{i}"), count, rounds
+        )
+        follow = asyncio.create_task(sessions.follow_changes())
+        async with asyncio.timeout(10):
+            while not sessions.near.active:  # noqa: ASYNC110 - polled with a deadline
+                await asyncio.sleep(0.01)
+        near_us = await _best_per_op_async(
+            lambda i: router.route(addresses[i % len(addresses)], f"bench-{i}"), count, rounds
+        )
+    finally:
+        follow.cancel()
+        await client.aclose()
+        await store.close()
+        geo.close()
+    return {
+        "bare_redis_getex_us": round(bare_us, 3),
+        "sticky_decision_us": round(far_us, 3),
+        "sticky_decision_near_cache_us": round(near_us, 3),
+        "sticky_over_round_trip": round(far_us / bare_us, 3),
+        "sticky_near_cache_over_round_trip": round(near_us / bare_us, 3),
+    }

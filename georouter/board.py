@@ -1,0 +1,113 @@
+"""Cluster health shared between processes: one prober writes, every worker reads.
+
+With several worker processes an edge still probes each cluster once: a
+single prober process owns the ``HealthMonitor`` and publishes every state
+change to this board, an anonymous shared memory block mapped before the
+workers are forked. Writes are guarded by a sequence number (odd while a
+write is in progress), so a reader never sees half a state; readers re-read
+only when the sequence number moved, so a request pays for one small read.
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import struct
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from georouter.config import Cluster
+from georouter.health import HealthState, Status
+
+_HEADER = struct.Struct("<QB")  # sequence, first round done
+# status, consecutive ok, consecutive failed, probes, since, last probe at, detail
+_RECORD = struct.Struct("<BIIIdd96s")
+_STATUS_CODES = {Status.UNKNOWN: 0, Status.UP: 1, Status.DOWN: 2}
+_STATUSES = {code: status for status, code in _STATUS_CODES.items()}
+_NAN = float("nan")
+
+
+def _fields(state: HealthState) -> tuple[int, int, int, int, float, float, bytes]:
+    return (
+        _STATUS_CODES[state.status],
+        state.consecutive_ok,
+        state.consecutive_failed,
+        state.probes,
+        _NAN if state.since is None else state.since,
+        _NAN if state.last_probe_at is None else state.last_probe_at,
+        state.last_detail.encode("utf-8", "replace")[:96],
+    )
+
+
+def _decode(raw: tuple[int, int, int, int, float, float, bytes]) -> HealthState:
+    status, ok, failed, probes, since, last, detail = raw
+    return HealthState(
+        status=_STATUSES[status],
+        consecutive_ok=ok,
+        consecutive_failed=failed,
+        probes=probes,
+        since=None if math.isnan(since) else since,  # NaN: never
+        last_probe_at=None if math.isnan(last) else last,
+        last_detail=detail.rstrip(b"\0").decode("utf-8", "replace"),
+    )
+
+
+class HealthBoard:
+    """The shared block for ``clusters``; create it before forking, then write or read."""
+
+    def __init__(self, clusters: tuple[Cluster, ...]) -> None:
+        self.names = tuple(c.name for c in clusters)
+        self._mem = mmap.mmap(-1, _HEADER.size + _RECORD.size * len(self.names))
+        self._seen = -1
+        self._states: Mapping[str, HealthState] = {n: HealthState() for n in self.names}
+        self._unroutable: Mapping[str, str] = {}
+        self._ready = False
+
+    # The writer side (the prober process).
+
+    def publish(self, states: Mapping[str, HealthState], *, ready: bool) -> None:
+        seq = _HEADER.unpack_from(self._mem, 0)[0]
+        _HEADER.pack_into(self._mem, 0, seq + 1, int(ready))  # odd: writing
+        for i, name in enumerate(self.names):
+            _RECORD.pack_into(self._mem, _HEADER.size + i * _RECORD.size, *_fields(states[name]))
+        _HEADER.pack_into(self._mem, 0, seq + 2, int(ready))
+
+    # The reader side (every worker): the HealthView the router and the API read.
+
+    def _refresh(self) -> None:
+        seq, ready = _HEADER.unpack_from(self._mem, 0)
+        if seq == self._seen or seq % 2:
+            return  # unchanged, or a write in progress: keep the last good copy
+        states = {
+            name: _decode(_RECORD.unpack_from(self._mem, _HEADER.size + i * _RECORD.size))
+            for i, name in enumerate(self.names)
+        }
+        if _HEADER.unpack_from(self._mem, 0)[0] != seq:
+            return  # overwritten while reading: read again next time
+        self._states = MappingProxyType(states)
+        self._unroutable = MappingProxyType(
+            {
+                name: "down" if st.status is Status.DOWN else "not probed yet"
+                for name, st in states.items()
+                if not st.routable
+            }
+        )
+        self._ready = bool(ready)
+        self._seen = seq
+
+    @property
+    def states(self) -> Mapping[str, HealthState]:
+        self._refresh()
+        return self._states
+
+    def unroutable(self) -> Mapping[str, str]:
+        self._refresh()
+        return self._unroutable
+
+    @property
+    def ready(self) -> bool:
+        self._refresh()
+        return self._ready
+
+    def close(self) -> None:
+        self._mem.close()

@@ -1,0 +1,190 @@
+"""Several worker processes on one socket, and one prober for all of them.
+
+``georouter serve --workers N`` forks, from a process that runs no event loop
+and no thread: one prober, which owns the health monitor and publishes to the
+shared ``HealthBoard``, and N workers, which serve the API on the listening
+socket they inherit and read health from the board. Each cluster is probed
+once per edge, however many workers there are. The supervisor forwards
+SIGTERM/SIGINT to its children, waits for them, and replaces a child that
+dies unexpectedly; every child dies with the supervisor (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import httpx
+
+from georouter.app import create_app
+from georouter.board import HealthBoard
+from georouter.config import Config
+from georouter.embedded import die_with_parent
+from georouter.monitor import HealthMonitor
+from georouter.server import ServerKind, event_loop_factory, serve, stop_on_signals
+from georouter.sessionid import CookieSigner
+
+log = logging.getLogger(__name__)
+
+# A child that exits sooner than this after starting counts as a crash at start-up;
+# after this many in a row the supervisor gives up instead of looping.
+_QUICK_EXIT_S = 2.0
+_MAX_QUICK_EXITS = 5
+_STOP_GRACE_S = 15.0
+
+
+def run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main`` on uvloop when it is installed, else on asyncio's loop."""
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(main())
+
+
+def _prober(config: Config, board: HealthBoard) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        async with httpx.AsyncClient(headers={"user-agent": "georouter-health/1"}) as http:
+            monitor = HealthMonitor(
+                config.clusters,
+                config.health,
+                http,
+                on_change=lambda: board.publish(monitor.states, ready=monitor.ready),
+            )
+            task = asyncio.create_task(monitor.run())
+            await stop.wait()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    run_loop(main)
+
+
+def _worker(
+    config: Config,
+    sock: socket.socket,
+    board: HealthBoard,
+    *,
+    kind: ServerKind,
+    admin_token: str | None,
+    signer: CookieSigner | None,
+) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+        app = create_app(config, admin_token=admin_token, signer=signer, health=board)
+        await serve(app, sock, stop, kind=kind)
+
+    run_loop(main)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        sock: socket.socket,
+        *,
+        workers: int,
+        kind: ServerKind,
+        admin_token: str | None,
+        signer: CookieSigner | None,
+    ) -> None:
+        self.config = config
+        self.sock = sock
+        self.workers = workers
+        self.kind = kind
+        self.admin_token = admin_token
+        self.signer = signer
+        self.board = HealthBoard(config.clusters)
+        self.children: dict[int, tuple[str, float]] = {}
+        self.stopping = False
+        self.failed = False
+        self._quick_exits = 0
+
+    def _spawn(self, role: str) -> None:
+        parent = os.getpid()
+        pid = os.fork()
+        if pid:
+            self.children[pid] = (role, time.monotonic())
+            return
+        # The child: never returns into the supervisor's code.
+        code = 0
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            die_with_parent()
+            if os.getppid() != parent:
+                os._exit(1)
+            if role == "prober":
+                _prober(self.config, self.board)
+            else:
+                _worker(
+                    self.config,
+                    self.sock,
+                    self.board,
+                    kind=self.kind,
+                    admin_token=self.admin_token,
+                    signer=self.signer,
+                )
+        except BaseException:
+            log.exception("%s failed", role)
+            code = 1
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    def run(self) -> int:
+        """Fork the prober and the workers, and supervise them until told to stop."""
+        self._spawn("prober")
+        for i in range(self.workers):
+            self._spawn(f"worker-{i}")
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        log.info("%d workers and a prober started", self.workers)
+        stop_deadline: float | None = None
+        while self.children:
+            if self.stopping and stop_deadline is None:
+                stop_deadline = time.monotonic() + _STOP_GRACE_S
+            if stop_deadline is not None and time.monotonic() > stop_deadline:
+                for pid in self.children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            for pid in list(self.children):
+                self._reap(pid)
+            if self._quick_exits >= _MAX_QUICK_EXITS and not self.failed:
+                log.error("children keep failing at start-up; stopping")
+                self.failed = True
+                self._stop(signal.SIGTERM, None)
+            time.sleep(0.1)
+        return 1 if self.failed else 0
+
+    def _reap(self, pid: int) -> None:
+        # waitpid on our own children only: os.wait() would also reap the
+        # embedded redis-server, which its Popen object must collect.
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done, status = pid, 0
+        if not done:
+            return
+        role, started = self.children.pop(pid)
+        if self.stopping:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        log.warning("%s (pid %d) exited with %d; starting another", role, pid, code)
+        self._quick_exits = (
+            self._quick_exits + 1 if time.monotonic() - started < _QUICK_EXIT_S else 0
+        )
+        self._spawn(role)

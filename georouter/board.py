@@ -35,8 +35,16 @@ def _fields(state: HealthState) -> tuple[int, int, int, int, float, float, bytes
         state.probes,
         _NAN if state.since is None else state.since,
         _NAN if state.last_probe_at is None else state.last_probe_at,
-        state.last_detail.encode("utf-8", "replace")[:96],
+        _truncate(state.last_detail, 96),
     )
+
+
+def _truncate(text: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of UTF-8, cut on a character boundary."""
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= limit:
+        return raw
+    return raw[:limit].decode("utf-8", "ignore").encode("utf-8")
 
 
 def _decode(raw: tuple[int, int, int, int, float, float, bytes]) -> HealthState:
@@ -62,11 +70,15 @@ class HealthBoard:
         self._states: Mapping[str, HealthState] = {n: HealthState() for n in self.names}
         self._unroutable: Mapping[str, str] = {}
         self._ready = False
+        # Zeroed memory is not a valid record (0.0 is a time; NaN means never):
+        # write the initial states before any reader can look.
+        self.publish(self._states, ready=False)
 
     # The writer side (the prober process).
 
     def publish(self, states: Mapping[str, HealthState], *, ready: bool) -> None:
         seq = _HEADER.unpack_from(self._mem, 0)[0]
+        seq += seq % 2  # odd: a writer died mid-write; its record is garbage, ours replaces it
         _HEADER.pack_into(self._mem, 0, seq + 1, int(ready))  # odd: writing
         for i, name in enumerate(self.names):
             _RECORD.pack_into(self._mem, _HEADER.size + i * _RECORD.size, *_fields(states[name]))

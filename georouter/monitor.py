@@ -35,6 +35,7 @@ class HealthMonitor:
         *,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[], None] | None = None,
+        initial: Mapping[str, HealthState] | None = None,
     ) -> None:
         self.clusters = clusters
         self.settings = settings
@@ -43,11 +44,21 @@ class HealthMonitor:
         # Called after every probe result (the prober process publishes the states).
         self._on_change = on_change
         self.states: dict[str, HealthState] = {c.name: HealthState() for c in clusters}
+        # A prober that replaces a dead one carries on from the states it published,
+        # so rise/fall damping does not start over and readiness is not lost.
+        if initial is not None and all(
+            initial.get(c.name, HealthState()).status is not Status.UNKNOWN for c in clusters
+        ):
+            self.states = {c.name: initial[c.name] for c in clusters}
         # Rebuilt on every status change, read on every request.
         self._unroutable: Mapping[str, str] = self._build_unroutable()
-        self._first_round_left = {c.name for c in clusters}
+        self._first_round_left = {
+            name for name, st in self.states.items() if st.status is Status.UNKNOWN
+        }
         # Set once every cluster has had its first probe: nothing is routed before.
         self.first_round_done = asyncio.Event()
+        if not self._first_round_left:
+            self.first_round_done.set()
 
     @property
     def ready(self) -> bool:

@@ -22,10 +22,9 @@ from georouter.policy import (
     Reason,
     choose,
     fallback_order,
-    haversine_km,
     nearest_order,
 )
-from georouter.sessionmap import SessionMap
+from georouter.sessionmap import Outcome, SessionMap
 
 # Bounds the compare-and-set rounds when edges disagree about health.
 MAX_PIN_ROUNDS = 3
@@ -76,7 +75,7 @@ class Decision:
         body: dict[str, object] = {
             "cluster": self.cluster.name if self.cluster else None,
             "url": self.cluster.url if self.cluster else None,
-            "reason": self.reason.value,
+            "reason": self.reason,  # a StrEnum: serialised as its value
             "client_ip": str(self.client_ip) if self.client_ip is not None else None,
             "location": self.location.as_json() if self.location else None,
             "distance_km": None if self.distance_km is None else round(self.distance_km, 1),
@@ -130,7 +129,7 @@ class Router:
         if decision.cluster is None:
             self._decisions[("none", "")] += 1
         else:
-            self._decisions[(decision.reason.value, decision.cluster.name)] += 1
+            self._decisions[(decision.reason, decision.cluster.name)] += 1
         return decision
 
     def _ranking(self, location: Location | None, unroutable: Mapping[str, str]) -> Ranking:
@@ -175,7 +174,9 @@ class Router:
         location = self._locator.lookup(client_ip) if client_ip is not None else None
         unroutable = self._health.unroutable()
         ranking = self._ranking(location, unroutable)
-        outcome = await self._sessions.read(session_id)
+        # A near-cache hit is answered without creating a coroutine at all.
+        cached = self._sessions.cached(session_id)
+        outcome = Outcome(cached, False) if cached else await self._sessions.read(session_id)
         degraded = outcome.degraded
         held = outcome.pin
         if held is None or not self._routable(held.cluster, unroutable):
@@ -202,8 +203,9 @@ class Router:
                 return self._plain(client_ip, location, ranking, view, Reason.FAILOVER)
         cluster = self._clusters[held.cluster]
         distance = None
-        if location is not None and location.lat is not None and location.lon is not None:
-            distance = haversine_km(location.lat, location.lon, cluster.lat, cluster.lon)
+        if ranking.reason is Reason.NEAREST:
+            # The order already holds the distance to every cluster.
+            distance = next(d for c, d in ranking.order if c is cluster)
         view = SessionView(session_id, held, degraded)
         return self._count(
             Decision(cluster, Reason.STICKY, client_ip, location, distance, ranking, view)

@@ -98,12 +98,18 @@ class SessionMap:
             return None
         return pin
 
+    def cached(self, session_id: str) -> Pin | None:
+        """The pin from the near cache, if it holds one: no I/O, no await."""
+        pin = self.near.get(session_id, self._clock_ms())
+        if pin is not None:
+            self._near_hits[()] += 1
+        return pin
+
     async def read(self, session_id: str) -> Outcome:
         """The session's pin. On a Redis miss this edge's memory of it is written back
         (Redis restarted empty, or failed over to a replica that missed the write)."""
-        near = self.near.get(session_id, self._clock_ms())
+        near = self.cached(session_id)
         if near is not None:
-            self._near_hits[()] += 1
             return Outcome(near, degraded=False)
         if self.breaker.allows:
             mark = self.near.mark()

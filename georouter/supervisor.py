@@ -51,11 +51,19 @@ def _prober(config: Config, board: HealthBoard) -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
         async with httpx.AsyncClient(headers={"user-agent": "georouter-health/1"}) as http:
+
+            def publish() -> None:
+                # Until its first round is done a new prober keeps quiet, so workers
+                # keep the view they had (a replacement starts from that view anyway).
+                if monitor.ready:
+                    board.publish(monitor.states, ready=True)
+
             monitor = HealthMonitor(
                 config.clusters,
                 config.health,
                 http,
-                on_change=lambda: board.publish(monitor.states, ready=monitor.ready),
+                on_change=publish,
+                initial=board.states if board.ready else None,
             )
             task = asyncio.create_task(monitor.run())
             await stop.wait()

@@ -28,8 +28,9 @@ def standins(make_standins: Callable[..., dict[str, StandIn]]) -> dict[str, Stan
     return make_standins(*NAMES)
 
 
-@pytest.fixture
+@pytest.fixture(params=["hypercorn", "uvicorn"])
 def edge(
+    request: pytest.FixtureRequest,
     standins: dict[str, StandIn],
     write_config: Callable[[str], Path],
     make_edge: Callable[..., Edge],
@@ -40,7 +41,7 @@ def edge(
         router={"fallback": "us-east", "trusted_proxies": ["127.0.0.2/32"]},
         health=FAST_HEALTH,
     )
-    return make_edge(write_config(text))
+    return make_edge(write_config(text), args=("--server", request.param))
 
 
 def route(edge: Edge, ip: str) -> dict[str, object]:

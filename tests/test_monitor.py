@@ -110,3 +110,36 @@ async def test_health_url_overrides_url_plus_path(
     assert result.ok
     assert standins["probe-target"].requests == 1
     assert standins["main"].requests == 0
+
+
+async def test_a_replacement_monitor_carries_on_from_the_published_states(
+    make_standins: Callable[..., dict[str, StandIn]],
+) -> None:
+    from georouter.health import HealthState
+
+    standins = make_standins("c1", "c2")
+    published = {
+        "c1": HealthState(status=Status.DOWN, consecutive_ok=1, consecutive_failed=0, probes=9),
+        "c2": HealthState(status=Status.UP, probes=9),
+    }
+    async with httpx.AsyncClient() as client:
+        monitor = HealthMonitor(clusters_for(standins), FAST, client, initial=published)
+        # Ready at once, with the down cluster still down: damping does not start over.
+        assert monitor.ready
+        assert dict(monitor.unroutable()) == {"c1": "down"}
+        monitor.record(monitor.clusters[0], await monitor.probe(monitor.clusters[0]))
+        assert monitor.states["c1"].status is Status.UP  # rise = 2: its 2nd success in a row
+
+
+async def test_partial_published_states_are_not_trusted(
+    make_standins: Callable[..., dict[str, StandIn]],
+) -> None:
+    from georouter.health import HealthState
+
+    standins = make_standins("c1", "c2")
+    async with httpx.AsyncClient() as client:
+        monitor = HealthMonitor(
+            clusters_for(standins), FAST, client, initial={"c1": HealthState(status=Status.UP)}
+        )
+        assert not monitor.ready
+        assert monitor.states["c1"].status is Status.UNKNOWN

@@ -139,7 +139,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _report(path, exc)
     try:
         admin_token, signer = _env_secrets()
-        sock = ListenAddress.parse(args.listen).bind()
+        sock = ListenAddress.parse(args.listen).bind(reuse_port=args.workers > 1)
     except ListenError as exc:
         print(f"georouter: --listen: {exc}", file=sys.stderr)
         return 2

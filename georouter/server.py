@@ -51,10 +51,14 @@ class ListenAddress:
             raise ListenError(f"port must be 0..65535, not {port_text!r}")
         return cls(host, int(port_text))
 
-    def bind(self) -> socket.socket:
+    def bind(self, *, reuse_port: bool = False) -> socket.socket:
+        """A listening socket. ``reuse_port``: other sockets may bind the same port
+        (one per worker; Linux spreads connections evenly across them)."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((self.host, self.port))
@@ -64,6 +68,12 @@ class ListenAddress:
             raise ListenError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from exc
         sock.setblocking(False)
         return sock
+
+
+def sibling(sock: socket.socket) -> socket.socket:
+    """Another listening socket on ``sock``'s address (which must have SO_REUSEPORT)."""
+    host, port = sock.getsockname()[:2]
+    return ListenAddress(host, port).bind(reuse_port=True)
 
 
 def url_of(sock: socket.socket) -> str:

@@ -28,7 +28,7 @@ from georouter.board import HealthBoard
 from georouter.config import Config
 from georouter.embedded import die_with_parent
 from georouter.monitor import HealthMonitor
-from georouter.server import ServerKind, event_loop_factory, serve, stop_on_signals
+from georouter.server import ServerKind, event_loop_factory, serve, sibling, stop_on_signals
 from georouter.sessionid import CookieSigner
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,17 @@ class Supervisor:
         signer: CookieSigner | None,
     ) -> None:
         self.config = config
-        self.sock = sock
         self.workers = workers
         self.kind = kind
         self.admin_token = admin_token
         self.signer = signer
         self.board = HealthBoard(config.clusters)
+        # One listening socket per worker: with a single shared socket the first
+        # worker to wake accepts most of a burst of keep-alive connections and the
+        # others idle; with SO_REUSEPORT sockets the kernel spreads connections
+        # evenly. The supervisor keeps them all open, so a replaced worker takes
+        # over its socket and connections queued on it meanwhile.
+        self.sockets = [sock, *(sibling(sock) for _ in range(workers - 1))]
         self.children: dict[int, tuple[str, float]] = {}
         self.stopping = False
         self.failed = False
@@ -134,7 +139,7 @@ class Supervisor:
             else:
                 _worker(
                     self.config,
-                    self.sock,
+                    self.sockets[int(role.removeprefix("worker-"))],
                     self.board,
                     kind=self.kind,
                     admin_token=self.admin_token,

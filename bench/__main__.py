@@ -246,6 +246,14 @@ def section_peer(run: Runner, ips: list[str], api: dict[str, Any] | None) -> dic
     return out
 
 
+def _of_nginx(results: dict[str, Any], rps: float) -> str:
+    """A rate as a fraction of nginx+geoip2's routing rate in the same run."""
+    peer = results.get("peer")
+    if not peer:
+        return "n/a"
+    return f"{rps / peer['nginx']['route']['rps']:.1%}"
+
+
 def write_report(results: dict[str, Any], path: Path) -> None:
     m = results["machine"]
     lines = [
@@ -283,8 +291,9 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         lines += [
             "## API throughput (one worker on one core; wrk on the other)",
             "",
-            "| server | endpoint | req/s | p50 ms | p99 ms | errors | ratio to trivial |",
-            "|---|---|---|---|---|---|---|",
+            "| server | endpoint | req/s | p50 ms | p99 ms | errors | ratio to trivial"
+            " | of nginx's rate |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for server, r in a.items():
             for mode in ("trivial", "route", "new", "sticky"):
@@ -297,7 +306,8 @@ def write_report(results: dict[str, Any], path: Path) -> None:
                 }[mode]
                 lines.append(
                     f"| {server} | {label} | {r[mode]['rps']:,.0f} | {r[mode]['p50_ms']}"
-                    f" | {r[mode]['p99_ms']} | {r[mode]['errors']} | {ratio} |"
+                    f" | {r[mode]['p99_ms']} | {r[mode]['errors']} | {ratio}"
+                    f" | {_of_nginx(results, r[mode]['rps'])} |"
                 )
         lines += ["", "Target: sticky ≥ 0.85 of trivial.", ""]
     w = results.get("workers")
@@ -316,6 +326,16 @@ def write_report(results: dict[str, Any], path: Path) -> None:
                 f" | {r['1w']['rps_per_server_core']:,.0f} / {r['2w']['rps_per_server_core']:,.0f}"
                 f" | {r['per_core_two_over_one']} |"
             )
+        lines.append("")
+        lines.append(
+            "Of nginx's routing rate (one nginx worker): "
+            + ", ".join(
+                f"{server} 1 worker {_of_nginx(results, r['1w']['rps'])},"
+                f" 2 workers {_of_nginx(results, r['2w']['rps'])}"
+                for server, r in w.items()
+            )
+            + "."
+        )
         lines += [
             "",
             "Target: 2 workers ≥ 1.8 x 1 worker. wrk runs on the second core, so two workers"
@@ -328,13 +348,15 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         lines += [
             "## Sessions at scale (uvicorn, sticky requests over all pinned sessions)",
             "",
-            "| pins in Redis | Redis memory | near cache on req/s | near cache off req/s |",
-            "|---|---|---|---|",
+            "| pins in Redis | Redis memory | near cache on req/s | near cache off req/s"
+            " | near cache on, of nginx's rate |",
+            "|---|---|---|---|---|",
         ]
         for key, r in s.items():
             lines.append(
                 f"| {key.split('_')[0]} | {r['redis_used_memory_bytes'] / 1e6:,.1f} MB |"
                 f" {r['near_cache_on']['rps']:,.0f} | {r['near_cache_off']['rps']:,.0f} |"
+                f" {_of_nginx(results, r['near_cache_on']['rps'])} |"
             )
         lines.append("")
     p = results.get("peer")
@@ -365,7 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", type=int, default=1_000_000, help="pins for the large map (1M)")
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s, 100k pins")
     parser.add_argument("--report", type=Path, default=REPO / "bench" / "RESULTS.md")
+    parser.add_argument(
+        "--rewrite", action="store_true", help="only rewrite the report from bench/out/results.json"
+    )
     args = parser.parse_args(argv)
+    if args.rewrite:
+        write_report(json.loads((OUT / "results.json").read_text()), args.report)
+        return 0
     if args.quick:
         args.duration, args.rounds, args.big = 2.0, 1, 100_000
     sections = args.only or list(SECTIONS)

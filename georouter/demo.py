@@ -119,6 +119,8 @@ async def run_demo(config: Config, sock: socket.socket, *, once: bool, out: Text
                 return
             print(
                 f"\nTry:\n  curl '{base}/v1/route?ip=81.2.69.142&explain=1'\n"
+                f"  curl '{base}/v1/route?ip=81.2.69.142&session=alice'\n"
+                f"  curl '{base}/v1/route?ip=1.0.16.1&session=alice'   # sticky: same cluster\n"
                 f"  curl {base}/v1/clusters\n\nServing until Ctrl-C.",
                 file=out,
                 flush=True,

@@ -41,6 +41,7 @@ from georouter.geo import GeoDatabase
 from georouter.metrics import Metrics
 from georouter.router import AssumeAllUp, Router
 from tests.harness import REPO
+from tests.procfs import tree_cpu_seconds
 
 OUT = REPO / "bench" / "out"
 SECTIONS = ("decision", "api", "workers", "scale", "peer", "proxy")
@@ -154,23 +155,6 @@ def section_api(run: Runner, clusters: list[str]) -> dict[str, Any]:
     return out
 
 
-def _cpu_seconds(root: int) -> float:
-    """CPU time used so far by process ``root`` and its children (a supervisor's workers)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(entry.name) == root or int(fields[1]) == root:
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
-
-
 def section_workers(run: Runner) -> dict[str, Any]:
     """2 workers vs 1. On a 2-core machine wrk needs part of the second core, so the
     rate per CPU-second the server used is reported too: with linear scaling it
@@ -180,9 +164,9 @@ def section_workers(run: Runner) -> dict[str, Any]:
         per: dict[str, dict[str, Any]] = {}
         for workers, cpus in ((1, "0"), (2, "0,1")):
             with run.lab.edge(server=server, workers=workers, cpus=cpus) as edge:
-                before, started = _cpu_seconds(edge.process.pid), time.monotonic()
+                before, started = tree_cpu_seconds(edge.process.pid), time.monotonic()
                 result = run.measure(edge.url, ["route"])["route"]
-                cpu = _cpu_seconds(edge.process.pid) - before
+                cpu = tree_cpu_seconds(edge.process.pid) - before
                 wall = time.monotonic() - started
             per[f"{workers}w"] = result.as_json() | {
                 "server_cores_used": round(cpu / wall, 2),

@@ -1,26 +1,36 @@
 """georouter: a geo-aware, multi-cluster HTTP request router.
 
-For every request an edge works out where the client is and names the nearest
-healthy cluster. The map of the package, top to bottom; a module imports only
-from layers below it (``import-linter`` enforces this, see pyproject.toml)::
+For every request an edge works out where the client is, names the nearest
+healthy cluster, and keeps a session on the cluster that served it first
+through a session map in Redis shared by every edge. The map of the package,
+top to bottom; a module imports only from layers below it (``import-linter``
+enforces it, see pyproject.toml)::
 
-    cli            the `georouter` command: check, serve, route, demo
-    demo           stand-in clusters + an edge, on one machine
-    server         Hypercorn on a socket we bind ourselves
-    app            Starlette HTTP API; its lifespan owns every service
-    router         client address -> Decision (locate, rank, choose)
-    geo | monitor | standin
-                   I/O adapters: GeoIP database, active health probes,
-                   a stand-in cluster (a real HTTP server on loopback)
-    policy | health | clientip | metrics | openapi
-                   pure: ranking, health transitions, client-IP rules
-    location       the Location value
-    config         clusters.toml -> frozen, validated dataclasses
-    errors         the exception tree
+    cli                 the `georouter` command: check, serve, route, demo
+    demo | supervisor   stand-ins + an edge on one machine | N workers + 1 prober
+    server              Hypercorn or Uvicorn on a socket we bind ourselves
+    app                 the ASGI app; its lifespan owns every service;
+                        GET /v1/route bypasses Starlette (FastRoute)
+    api | admin         the routing API and operator endpoints | session admin
+    web                 what handlers share: services, JSON errors, parsing
+    router              client (+ session) -> Decision: locate, rank, pin
+    sessionmap | geo | monitor | standin | board
+                        I/O adapters: the session map as the router sees it
+                        (breaker, local memory, near cache, write-back), the
+                        GeoIP database, active health probes, a stand-in
+                        cluster, the health board shared by worker processes
+    sessions | embedded Redis session store (GETEX, Lua pin script) | the
+                        private redis-server of the embedded default
+    policy | health | clientip | metrics | openapi | pins | breaker | sessionid
+                        pure: ranking, health transitions, client-IP rules,
+                        counters, the API description, pins and caches of
+                        them, the circuit breaker, session ids and cookies
+    location            the Location value
+    config | redisurl   clusters.toml -> frozen, validated dataclasses
+    errors              the exception tree
 
-The pure modules (policy, health, clientip, location, config) import no I/O
-library: they take plain values and return plain values, so most tests are
-tables of cases.
+The pure modules import no I/O library: they take plain values and return
+plain values, so most tests are tables of cases.
 """
 
 __version__ = "0.1.0"

@@ -19,11 +19,12 @@ from pathlib import Path
 from georouter import demo
 from georouter.app import create_app
 from georouter.clientip import IPAddress, parse_address
-from georouter.config import Config, RedisMode, RedisTarget, load
+from georouter.config import Config, load
 from georouter.embedded import EmbeddedRedis, EmbeddedRedisError
 from georouter.errors import ConfigError, GeoDatabaseError, Problem
 from georouter.geo import GeoDatabase
 from georouter.metrics import Metrics
+from georouter.redisurl import RedisMode, RedisTarget
 from georouter.router import AssumeAllUp, Router
 from georouter.server import (
     ListenAddress,

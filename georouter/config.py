@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from georouter.errors import ConfigError, Problem
+from georouter.redisurl import RedisTarget, parse_redis_url
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -72,39 +73,6 @@ class HealthSettings:
     timeout_s: float = 2.0
     rise: int = 2
     fall: int = 3
-
-
-class RedisMode(StrEnum):
-    STANDALONE = "standalone"
-    SENTINEL = "sentinel"
-    CLUSTER = "cluster"
-
-
-@dataclass(frozen=True, slots=True)
-class RedisTarget:
-    """Where the shared session map lives, parsed from ``sessions.redis_url``.
-
-    ``redis://``, ``rediss://`` and ``unix://`` are handed to redis-py as written;
-    ``redis+sentinel://[user:pass@]h1:26379,h2:26379/service[/db]`` and
-    ``redis+cluster://[user:pass@]h1:7000,h2:7001`` (``rediss+...`` for TLS) name
-    the seed nodes of a Sentinel or Cluster deployment.
-    """
-
-    mode: RedisMode
-    url: str
-    nodes: tuple[tuple[str, int], ...] = ()
-    service: str | None = None
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-
-    @property
-    def redacted(self) -> str:
-        """The URL without its password, fit for logs and API answers."""
-        if self.password is None:
-            return self.url
-        return self.url.replace(f":{self.password}@", ":***@", 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,82 +432,10 @@ def _key_prefix(value: Any) -> str | _Error:
 def _redis_target(value: Any) -> RedisTarget | _Error:
     if not isinstance(value, str):
         return _Error(f"must be a string, not {_type_name(value)}")
-    scheme, sep, rest = value.partition("://")
-    if not sep:
-        return _Error(
-            f"must be a redis://, rediss://, unix://, redis+sentinel:// or"
-            f" redis+cluster:// URL, not {value!r}"
-        )
-    scheme = scheme.lower()
-    if scheme in ("redis", "rediss", "unix"):
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError as exc:
-            return _Error(f"is not a valid URL ({exc})")
-        if scheme == "unix" and not parts.path:
-            return _Error(f"names no socket path: {value!r}")
-        if scheme != "unix" and not parts.hostname:
-            return _Error(f"has no host: {value!r}")
-        return RedisTarget(mode=RedisMode.STANDALONE, url=value, tls=scheme == "rediss")
-    base, _, mode_name = scheme.partition("+")
-    if base not in ("redis", "rediss") or mode_name not in ("sentinel", "cluster"):
-        return _Error(
-            f"unknown scheme {scheme!r}: use redis, rediss, unix, redis+sentinel or redis+cluster"
-        )
-    mode = RedisMode(mode_name)
-    netloc, _, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, pw = userinfo.partition(":")
-        username, password = (user or None), (pw if colon else None)
-    nodes: list[tuple[str, int]] = []
-    default_port = 26379 if mode is RedisMode.SENTINEL else 6379
-    for item in hosts.split(","):
-        node = _host_port(item, default_port)
-        if node is None:
-            return _Error(f"has a bad host:port {item!r}")
-        nodes.append(node)
-    segments = [p for p in path.split("/") if p]
-    service: str | None = None
-    db = 0
-    if mode is RedisMode.SENTINEL:
-        if not segments:
-            return _Error("names no master: redis+sentinel://host:26379,.../MASTER_NAME[/DB]")
-        service = segments.pop(0)
-    if segments:
-        if len(segments) > 1 or not segments[0].isdigit() or mode is RedisMode.CLUSTER:
-            return _Error(f"has an unexpected path {path!r}")
-        db = int(segments[0])
-    return RedisTarget(
-        mode=mode,
-        url=value,
-        nodes=tuple(nodes),
-        service=service,
-        db=db,
-        username=username,
-        password=password,
-        tls=base == "rediss",
-    )
-
-
-def _host_port(item: str, default_port: int) -> tuple[str, int] | None:
-    item = item.strip()
-    if item.startswith("["):
-        host, close, port_part = item[1:].partition("]")
-        if not close or (port_part and not port_part.startswith(":")):
-            return None
-        port_text = port_part[1:]
-    else:
-        host, _, port_text = item.partition(":")
-    if not host:
-        return None
-    if not port_text:
-        return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
-        return None
-    return host, int(port_text)
+    try:
+        return parse_redis_url(value)
+    except ValueError as exc:
+        return _Error(str(exc))
 
 
 def load(path: Path) -> Config:

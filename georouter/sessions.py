@@ -26,9 +26,10 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from georouter.config import RedisMode, RedisTarget, SessionSettings
+from georouter.config import SessionSettings
 from georouter.errors import GeorouterError
 from georouter.pins import TOMBSTONE, LocalPins, Pin
+from georouter.redisurl import RedisMode, RedisTarget
 
 # KEYS[1]: the session key. ARGV: cluster to pin, cluster expected to be replaced
 # ("" for none), TTL in ms, hard cap on a session's age in ms (0: none), then the
@@ -93,14 +94,37 @@ def _no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
-def make_client(target: RedisTarget, settings: SessionSettings) -> Any:
-    """A redis-py asyncio client for ``target``, with timeouts and no retries."""
-    common: dict[str, Any] = {
-        "socket_timeout": settings.command_timeout_s,
+def _options(settings: SessionSettings, *, read_timeout_s: float | None) -> dict[str, Any]:
+    return {
+        "socket_timeout": read_timeout_s,
         "socket_connect_timeout": settings.connect_timeout_s,
         "retry": _no_retry(),
         "decode_responses": True,
     }
+
+
+def _sentinel_master(
+    target: RedisTarget, settings: SessionSettings, options: dict[str, Any], **pool: Any
+) -> Any:
+    """A client for the master that the Sentinels name (found again after a failover)."""
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.nodes),
+        sentinel_kwargs=_options(settings, read_timeout_s=settings.command_timeout_s),
+        **options,
+    )
+    return sentinel.master_for(
+        target.service or "",
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        ssl=target.tls,
+        **pool,
+    )
+
+
+def make_client(target: RedisTarget, settings: SessionSettings) -> Any:
+    """A redis-py asyncio client for ``target``, with timeouts and no retries."""
+    options = _options(settings, read_timeout_s=settings.command_timeout_s)
     if target.mode is RedisMode.STANDALONE:
         # Blocking: over `pool_size` in flight, a request waits (up to the timeout)
         # for a connection instead of failing at once with MaxConnectionsError.
@@ -108,36 +132,19 @@ def make_client(target: RedisTarget, settings: SessionSettings) -> Any:
             target.url,
             max_connections=settings.pool_size,
             timeout=settings.command_timeout_s,
-            **common,
+            **options,
         )
         # from_pool: the client owns the pool, so closing the client closes its connections.
         return aioredis.Redis.from_pool(pool)
-    auth: dict[str, Any] = {
-        "username": target.username,
-        "password": target.password,
-        "ssl": target.tls,
-    }
     if target.mode is RedisMode.SENTINEL:
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            list(target.nodes),
-            sentinel_kwargs={
-                "socket_timeout": settings.command_timeout_s,
-                "socket_connect_timeout": settings.connect_timeout_s,
-                "retry": _no_retry(),
-            },
-            **common,
-        )
-        return sentinel.master_for(
-            target.service or "",
-            db=target.db,
-            max_connections=settings.pool_size,
-            **auth,
-        )
+        return _sentinel_master(target, settings, options, max_connections=settings.pool_size)
     return RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
         max_connections=settings.pool_size,
-        **auth,
-        **common,
+        username=target.username,
+        password=target.password,
+        ssl=target.tls,
+        **options,
     )
 
 
@@ -147,31 +154,11 @@ def make_subscriber(target: RedisTarget, settings: SessionSettings) -> Any | Non
     None for Redis Cluster, where georouter keeps no near cache (every sticky
     read asks Redis).
     """
-    options: dict[str, Any] = {
-        "socket_timeout": None,
-        "socket_connect_timeout": settings.connect_timeout_s,
-        "retry": _no_retry(),
-        "decode_responses": True,
-    }
+    options = _options(settings, read_timeout_s=None)
     if target.mode is RedisMode.STANDALONE:
         return aioredis.Redis.from_url(target.url, **options)
     if target.mode is RedisMode.SENTINEL:
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            list(target.nodes),
-            sentinel_kwargs={
-                "socket_timeout": settings.command_timeout_s,
-                "socket_connect_timeout": settings.connect_timeout_s,
-                "retry": _no_retry(),
-            },
-            **options,
-        )
-        return sentinel.master_for(
-            target.service or "",
-            db=target.db,
-            username=target.username,
-            password=target.password,
-            ssl=target.tls,
-        )
+        return _sentinel_master(target, settings, options)
     return None
 
 

@@ -32,7 +32,11 @@ def config(make_standins: Callable[..., dict[str, StandIn]], redis_server: Redis
             "router": {"fallback": "us-east"},
             "geoip": {"database": str(TEST_CITY_DB)},
             "health": FAST_HEALTH,
-            "sessions": {"redis_url": redis_server.url, "command_timeout_s": 1},
+            "sessions": {
+                "redis_url": redis_server.url,
+                "command_timeout_s": 1,
+                "connect_timeout_s": 1,
+            },
         }
     )
 

@@ -21,31 +21,7 @@ from tests.harness import (
     georouter_command,
     wait_for,
 )
-
-
-def children(pid: int) -> list[tuple[int, str]]:
-    """(pid, command name) of the processes whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == pid:
-            found.append((int(entry.name), comm))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
+from tests.procfs import alive, children
 
 
 def redis_child(edge: Edge) -> int:

@@ -43,7 +43,9 @@ def shared_config(
         cluster_entries(standins),
         router={"fallback": "us-east"},
         health=FAST_HEALTH,
-        sessions={"redis_url": redis_server.url},
+        # Agreement between edges is under test, not Redis timeouts: generous ones keep
+        # a loaded machine from turning a slow answer into a degraded, local decision.
+        sessions={"redis_url": redis_server.url, "command_timeout_s": 1, "connect_timeout_s": 1},
     )
     return write_config(text)
 

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 from redis.cluster import RedisCluster as SyncRedisCluster
 
-from georouter.config import RedisMode, SessionSettings, parse
+from georouter.config import SessionSettings, parse
 from georouter.metrics import Metrics
 from georouter.pins import Pin
+from georouter.redisurl import RedisMode
 from georouter.sessionmap import SessionMap
 from georouter.sessions import RedisSessionStore, make_client
 from georouter.standin import StandIn

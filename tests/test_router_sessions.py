@@ -48,7 +48,7 @@ def make_config(redis_url: str, names: tuple[str, ...] = tuple(SITES)) -> Config
                 for n in names
             ],
             "router": {"fallback": "us-east"},
-            "sessions": {"redis_url": redis_url, "command_timeout_s": 1},
+            "sessions": {"redis_url": redis_url, "command_timeout_s": 1, "connect_timeout_s": 1},
         }
     )
 

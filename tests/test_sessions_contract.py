@@ -25,7 +25,14 @@ pytestmark = pytest.mark.anyio
 
 
 def session_settings(redis_url: str | None = None, **extra: object) -> SessionSettings:
-    sessions: dict[str, object] = {"ttl_s": 60, "command_timeout_s": 1, **extra}
+    # Generous timeouts: these tests are about what the store does, not how fast, and
+    # a loaded CI machine can take more than the production default to connect.
+    sessions: dict[str, object] = {
+        "ttl_s": 60,
+        "command_timeout_s": 1,
+        "connect_timeout_s": 1,
+        **extra,
+    }
     if redis_url:
         sessions["redis_url"] = redis_url
     document = {

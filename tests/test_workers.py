@@ -28,8 +28,8 @@ from tests.harness import (
     georouter_command,
     wait_for,
 )
+from tests.procfs import alive, children
 from tests.redis_harness import RedisServer
-from tests.test_embedded import alive, children
 
 LONDON = "81.2.69.142"  # nearest: eu-west, then eu-central
 SERVERS = [pytest.param("hypercorn"), pytest.param("uvicorn")]

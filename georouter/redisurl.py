@@ -1,0 +1,126 @@
+"""Where the shared session map lives: ``sessions.redis_url`` in its five forms. Pure.
+
+``redis://``, ``rediss://`` and ``unix://`` URLs are handed to redis-py as
+written; ``redis+sentinel://`` and ``redis+cluster://`` (``rediss+...`` for
+TLS) name the seed nodes of a Sentinel or Cluster deployment, a form redis-py
+has no URL for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+
+class RedisMode(StrEnum):
+    STANDALONE = "standalone"
+    SENTINEL = "sentinel"
+    CLUSTER = "cluster"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """Where the shared session map lives, parsed from ``sessions.redis_url``.
+
+    ``redis://``, ``rediss://`` and ``unix://`` are handed to redis-py as written;
+    ``redis+sentinel://[user:pass@]h1:26379,h2:26379/service[/db]`` and
+    ``redis+cluster://[user:pass@]h1:7000,h2:7001`` (``rediss+...`` for TLS) name
+    the seed nodes of a Sentinel or Cluster deployment.
+    """
+
+    mode: RedisMode
+    url: str
+    nodes: tuple[tuple[str, int], ...] = ()
+    service: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+    @property
+    def redacted(self) -> str:
+        """The URL without its password, fit for logs and API answers."""
+        if self.password is None:
+            return self.url
+        return self.url.replace(f":{self.password}@", ":***@", 1)
+
+
+def parse_redis_url(value: str) -> RedisTarget:
+    """A ``sessions.redis_url`` value; ValueError says what is wrong with it."""
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        raise ValueError(
+            f"must be a redis://, rediss://, unix://, redis+sentinel:// or"
+            f" redis+cluster:// URL, not {value!r}"
+        )
+    scheme = scheme.lower()
+    if scheme in ("redis", "rediss", "unix"):
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from None
+        if scheme == "unix" and not parts.path:
+            raise ValueError(f"names no socket path: {value!r}")
+        if scheme != "unix" and not parts.hostname:
+            raise ValueError(f"has no host: {value!r}")
+        return RedisTarget(mode=RedisMode.STANDALONE, url=value, tls=scheme == "rediss")
+    base, _, mode_name = scheme.partition("+")
+    if base not in ("redis", "rediss") or mode_name not in ("sentinel", "cluster"):
+        raise ValueError(
+            f"unknown scheme {scheme!r}: use redis, rediss, unix, redis+sentinel or redis+cluster"
+        )
+    mode = RedisMode(mode_name)
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, pw = userinfo.partition(":")
+        username, password = (user or None), (pw if colon else None)
+    nodes: list[tuple[str, int]] = []
+    default_port = 26379 if mode is RedisMode.SENTINEL else 6379
+    for item in hosts.split(","):
+        node = _host_port(item, default_port)
+        if node is None:
+            raise ValueError(f"has a bad host:port {item!r}")
+        nodes.append(node)
+    segments = [p for p in path.split("/") if p]
+    service: str | None = None
+    db = 0
+    if mode is RedisMode.SENTINEL:
+        if not segments:
+            raise ValueError("names no master: redis+sentinel://host:26379,.../MASTER_NAME[/DB]")
+        service = segments.pop(0)
+    if segments:
+        if len(segments) > 1 or not segments[0].isdigit() or mode is RedisMode.CLUSTER:
+            raise ValueError(f"has an unexpected path {path!r}")
+        db = int(segments[0])
+    return RedisTarget(
+        mode=mode,
+        url=value,
+        nodes=tuple(nodes),
+        service=service,
+        db=db,
+        username=username,
+        password=password,
+        tls=base == "rediss",
+    )
+
+
+def _host_port(item: str, default_port: int) -> tuple[str, int] | None:
+    item = item.strip()
+    if item.startswith("["):
+        host, close, port_part = item[1:].partition("]")
+        if not close or (port_part and not port_part.startswith(":")):
+            return None
+        port_text = port_part[1:]
+    else:
+        host, _, port_text = item.partition(":")
+    if not host:
+        return None
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+        return None
+    return host, int(port_text)

@@ -36,6 +36,7 @@ from georouter.server import (
     url_of,
 )
 from georouter.sessionid import CookieSigner
+from georouter.sessions import check_target
 from georouter.supervisor import Supervisor, run_loop
 
 log = logging.getLogger("georouter")
@@ -62,9 +63,14 @@ def open_database(config: Config) -> GeoDatabase:
 
 
 def load_checked(path: Path) -> Config:
-    """Load the config and prove that its GeoIP database opens."""
+    """Load the config and prove that its GeoIP database opens and its Redis URL is usable."""
     config = load(path)
     open_database(config).close()
+    if config.sessions.redis is not None:
+        try:
+            check_target(config.sessions.redis)
+        except ValueError as exc:
+            raise ConfigError([Problem("sessions.redis_url", str(exc))]) from exc
     return config
 
 
@@ -78,7 +84,7 @@ def _report(path: Path, exc: ConfigError) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     try:
-        config = load(path)
+        config = load_checked(path)
         db = open_database(config)
     except ConfigError as exc:
         return _report(path, exc)

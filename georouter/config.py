@@ -171,7 +171,7 @@ def _clusters_array(value: Any) -> list[Any] | _Error:
 def _cluster_name(value: Any) -> str | _Error:
     if not isinstance(value, str):
         return _Error(f"must be a string, not {_type_name(value)}")
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         return _Error(f"must be 1-63 letters, digits, '.', '_' or '-', not {value!r}")
     return value
 
@@ -414,7 +414,7 @@ def _token(what: str) -> Callable[[Any], str | _Error]:
     def check(value: Any) -> str | _Error:
         if not isinstance(value, str):
             return _Error(f"must be a string, not {_type_name(value)}")
-        if not _TOKEN_RE.match(value):
+        if not _TOKEN_RE.fullmatch(value):
             return _Error(f"is not a valid {what}: {value!r}")
         return value
 
@@ -424,7 +424,7 @@ def _token(what: str) -> Callable[[Any], str | _Error]:
 def _key_prefix(value: Any) -> str | _Error:
     if not isinstance(value, str):
         return _Error(f"must be a string, not {_type_name(value)}")
-    if not re.match(r"^[A-Za-z0-9._:-]{1,64}$", value):
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", value):
         return _Error(f"must be 1-64 letters, digits, '.', '_', ':' or '-', not {value!r}")
     return value
 

@@ -88,7 +88,9 @@ class HealthMonitor:
             return ProbeResult(ok=False, detail=f"timeout after {self.settings.timeout_s:g}s")
         except httpx.ConnectError as exc:
             return ProbeResult(ok=False, detail=f"connect error: {exc or type(exc).__name__}")
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+            # InvalidURL and IDNA errors (a ValueError) are not HTTPErrors; a URL the
+            # client cannot use is a failed probe, never a dead monitor.
             return ProbeResult(ok=False, detail=f"{type(exc).__name__}: {exc}")
         ok = 200 <= response.status_code < 300
         return ProbeResult(ok=ok, detail=f"HTTP {response.status_code}")
@@ -119,7 +121,12 @@ class HealthMonitor:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
-            self.record(cluster, await self.probe(cluster))
+            try:
+                result = await self.probe(cluster)
+            except Exception as exc:
+                log.exception("probing %s failed", cluster.name)
+                result = ProbeResult(ok=False, detail=f"{type(exc).__name__}: {exc}")
+            self.record(cluster, result)
             await asyncio.sleep(max(0.0, self.settings.interval_s - (loop.time() - started)))
 
     async def run(self) -> None:

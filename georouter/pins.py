@@ -74,9 +74,9 @@ class LocalPins:
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
 
-    def items(self) -> list[tuple[str, Pin]]:
-        """Every remembered pin, least recently used first (expired ones included)."""
-        return [(sid, pin) for sid, (pin, _) in self._entries.items()]
+    def items(self, now_ms: int) -> list[tuple[str, Pin]]:
+        """Every pin still remembered at ``now_ms``, least recently used first."""
+        return [(sid, pin) for sid, (pin, until) in self._entries.items() if until > now_ms]
 
     def drop(self, session_id: str) -> bool:
         return self._entries.pop(session_id, None) is not None
@@ -108,8 +108,10 @@ class NearCache:
         self._invalidated_at: dict[str, int] = {}
 
     def activate(self) -> None:
-        self.active = True
+        # A read that began while unsubscribed may have missed an announcement.
+        self._seq += 1
         self._floor = self._seq
+        self.active = True
 
     def deactivate(self) -> None:
         self.active = False
@@ -129,10 +131,12 @@ class NearCache:
             return None
         return entry[0]
 
+    def changed_since(self, session_id: str, mark: int) -> bool:
+        """True if the session may have changed since ``mark`` (or nobody can tell)."""
+        return mark < self._floor or self._invalidated_at.get(session_id, -1) > mark
+
     def put(self, session_id: str, pin: Pin, now_ms: int, mark: int) -> None:
-        if not self.active or mark < self._floor or self.ttl_ms <= 0:
-            return
-        if self._invalidated_at.get(session_id, -1) > mark:
+        if not self.active or self.ttl_ms <= 0 or self.changed_since(session_id, mark):
             return  # changed while we were reading it
         if len(self._entries) >= self.capacity:
             self._entries.clear()

@@ -8,6 +8,7 @@ has no URL for.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
@@ -41,9 +42,14 @@ class RedisTarget:
     @property
     def redacted(self) -> str:
         """The URL without its password, fit for logs and API answers."""
-        if self.password is None:
-            return self.url
-        return self.url.replace(f":{self.password}@", ":***@", 1)
+        url = re.sub(r"([?&]password=)[^&]*", r"\1***", self.url)
+        scheme, sep, rest = url.partition("://")
+        netloc, slash, path = rest.partition("/")
+        userinfo, at, hosts = netloc.rpartition("@")
+        if not at or ":" not in userinfo:
+            return url
+        user = userinfo.split(":", 1)[0]
+        return f"{scheme}{sep}{user}:***@{hosts}{slash}{path}"
 
 
 def parse_redis_url(value: str) -> RedisTarget:

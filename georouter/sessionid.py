@@ -24,7 +24,7 @@ _SIG_CHARS = 43  # base64url of a 32-byte HMAC-SHA256, unpadded
 
 def valid_id(session_id: str) -> bool:
     """1-128 characters of ``A-Z a-z 0-9 . _ ~ + / = : -``."""
-    return _ID_RE.match(session_id) is not None
+    return _ID_RE.fullmatch(session_id) is not None
 
 
 def new_id(random_bytes: bytes) -> str:

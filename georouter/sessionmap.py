@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from georouter.breaker import Breaker
 from georouter.config import SessionSettings
@@ -28,6 +29,23 @@ log = logging.getLogger(__name__)
 
 FAILURES_TO_OPEN = 3
 WRITE_BACK_BATCH = 256
+
+
+class WriteBack(StrEnum):
+    """What a pin made or used without Redis asks of Redis once it is back."""
+
+    # Made here (new, or a failover): set it if absent, or replace what it replaced.
+    PIN = "pin"
+    # Only remembered here: put it back if Redis lost it; a forget or any pin wins.
+    RESTORE = "restore"
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    cluster: str
+    replacing: str | None
+    kind: WriteBack
+    pinned_at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +70,8 @@ class SessionMap:
         self.breaker = Breaker(FAILURES_TO_OPEN)
         self.local = LocalPins(settings.local_cache_size, int(settings.ttl_s * 1000))
         self.near = NearCache(settings.local_cache_size, int(settings.near_cache_s * 1000))
-        # session id -> (cluster, cluster it replaced): pins Redis has not seen yet.
-        self.pending: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
+        # Pins Redis has not seen yet, by session id.
+        self.pending: OrderedDict[str, Pending] = OrderedDict()
         self._clock_ms = clock_ms
         self._max_age_ms = int(settings.max_ttl_s * 1000)
         self._degraded_count = metrics.family(
@@ -80,10 +98,13 @@ class SessionMap:
         self._degraded_count[()] += 1
 
     def _remember(self, session_id: str, pin: Pin, mark: int | None = None) -> None:
-        """Keep what Redis said: in the outage memory and, when ``mark``ed, the near cache."""
+        """Keep what Redis said, in the outage memory and the near cache, unless the
+        session changed (or was forgotten) since ``mark``, while Redis answered."""
         if pin.forgotten:
             self.local.drop(session_id)
             self.near.invalidate(session_id)
+            return
+        if mark is not None and self.near.changed_since(session_id, mark):
             return
         now = self._clock_ms()
         self.local.put(session_id, pin, now)
@@ -125,14 +146,32 @@ class SessionMap:
                 remembered = self._local(session_id)
                 if remembered is None:
                     return Outcome(None, degraded=False)
-                return await self.pin(session_id, remembered.cluster, replacing=None)
+                return await self._restore(session_id, remembered)
         self._degraded()
         remembered = self._local(session_id)
         if remembered is not None:
             # Served from memory: Redis may come back without it (restarted empty,
-            # or failed over to a replica that missed it), so it is written back then.
-            self._queue(session_id, remembered.cluster, None)
+            # or failed over to a replica that missed it), so it is put back then.
+            self._queue(session_id, remembered, None, WriteBack.RESTORE)
         return Outcome(remembered, degraded=True)
+
+    async def _restore(self, session_id: str, remembered: Pin) -> Outcome:
+        """Put back a pin Redis lost; a forget another edge made wins over it."""
+        mark = self.near.mark()
+        try:
+            pin = await self.store.pin(
+                session_id,
+                remembered.cluster,
+                replacing=None,
+                restore_at_ms=remembered.pinned_at_ms,
+            )
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            self._degraded()
+            self._queue(session_id, remembered, None, WriteBack.RESTORE)
+            return Outcome(remembered, degraded=True)
+        self._remember(session_id, pin, mark)
+        return Outcome(None if pin.forgotten else pin, degraded=False)
 
     async def pin(self, session_id: str, cluster: str, *, replacing: str | None) -> Outcome:
         """Pin (compare-and-set); the pin that holds afterwards, which may be another edge's."""
@@ -156,15 +195,19 @@ class SessionMap:
             int(self.settings.ttl_s * 1000),
         )
         self._remember(session_id, pin)
-        self._queue(session_id, cluster, replacing)
+        # The near cache may still hold the pin this one replaces.
+        self.near.invalidate(session_id)
+        self._queue(session_id, pin, replacing, WriteBack.PIN)
         return Outcome(pin, degraded=True)
 
-    def _queue(self, session_id: str, cluster: str, replacing: str | None) -> None:
-        if session_id in self.pending:
-            # Keep the oldest "replacing": Redis still holds what was there before
-            # (a pin that was only served from memory replaced nothing).
-            replacing = self.pending[session_id][1] or replacing
-        self.pending[session_id] = (cluster, replacing)
+    def _queue(self, session_id: str, pin: Pin, replacing: str | None, kind: WriteBack) -> None:
+        earlier = self.pending.get(session_id)
+        if earlier is not None:
+            # Keep the oldest "replacing": Redis still holds what was there before.
+            replacing = earlier.replacing or replacing
+            if earlier.kind is WriteBack.PIN:
+                kind = WriteBack.PIN  # a pin made here stays one, even if later only read
+        self.pending[session_id] = Pending(pin.cluster, replacing, kind, pin.pinned_at_ms)
         self.pending.move_to_end(session_id)
         while len(self.pending) > max(self.settings.local_cache_size, 1):
             self.pending.popitem(last=False)
@@ -185,22 +228,36 @@ class SessionMap:
         written = 0
         while self.pending and self.breaker.allows:
             batch = list(self.pending.items())[:WRITE_BACK_BATCH]
+            mark = self.near.mark()
             results = await asyncio.gather(
-                *(self.store.pin(sid, c, replacing=r) for sid, (c, r) in batch),
+                *(
+                    self.store.pin(
+                        sid,
+                        p.cluster,
+                        replacing=p.replacing,
+                        restore_at_ms=p.pinned_at_ms if p.kind is WriteBack.RESTORE else None,
+                    )
+                    for sid, p in batch
+                ),
                 return_exceptions=True,
             )
+            failed = False
             for (sid, queued), result in zip(batch, results, strict=True):
                 if isinstance(result, StoreUnavailable):
                     self._failed(result)
+                    failed = True
                     continue
                 if isinstance(result, BaseException):
-                    raise result
-                if self.pending.get(sid) == queued:
-                    del self.pending[sid]
-                # Another edge's pin may have won: this edge adopts it.
-                self._remember(sid, result)
+                    log.error("writing back the pin of a session failed", exc_info=result)
+                    failed = True
+                    continue
                 written += 1
-            if any(isinstance(r, BaseException) for r in results):
+                if self.pending.get(sid) != queued:
+                    continue  # changed here meanwhile: the newer pin goes next round
+                del self.pending[sid]
+                # Another edge's pin (or a forget) may have won: this edge adopts it.
+                self._remember(sid, result, mark)
+            if failed:
                 break
         if written:
             self._written_back[()] += written
@@ -239,9 +296,10 @@ class SessionMap:
                 self.breaker.close()
                 log.warning("Redis is back: sessions are shared again")
                 # Redis may have come back empty: every pin this edge remembers is
-                # offered back (set if absent; a pin another edge made wins).
-                for session_id, pin in self.local.items():
-                    if session_id not in self.pending:
-                        self._queue(session_id, pin.cluster, None)
+                # offered back (if absent; a pin another edge made, or a forget, wins).
+                now = self._clock_ms()
+                for session_id, pin in self.local.items(now):
+                    if session_id not in self.pending and not pin.expired(now, self._max_age_ms):
+                        self._queue(session_id, pin, None, WriteBack.RESTORE)
             if self.pending:
                 await self.write_back()

@@ -15,16 +15,24 @@ decides what to do without Redis (see ``sessionmap``).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    parse_url,
+)
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from georouter.config import SessionSettings
 from georouter.errors import GeorouterError
@@ -32,20 +40,32 @@ from georouter.pins import TOMBSTONE, LocalPins, Pin
 from georouter.redisurl import RedisMode, RedisTarget
 
 # KEYS[1]: the session key. ARGV: cluster to pin, cluster expected to be replaced
-# ("" for none), TTL in ms, hard cap on a session's age in ms (0: none), then the
-# invalidation channel and message. Returns the value stored after the call.
-# Redis's own clock dates the pin, so edges with skewed clocks still agree on a
-# session's age. A changed pin is announced on the channel, so edges drop the
-# copy they keep in their near cache.
+# ("" for none), TTL in ms, hard cap on a session's age in ms (0: none), the
+# invalidation channel and message, and for a restore the pin's original time
+# ("" otherwise). Returns the value stored after the call.
+#
+# Redis's own clock dates a new pin, so edges with skewed clocks still agree on a
+# session's age; a replaced or restored pin keeps its first time, so the hard cap
+# counts from the start of the session. A restore (an edge putting back a pin it
+# remembers, after Redis lost it) never overrides a tombstone: a forgotten
+# session stays forgotten. A changed pin is announced on the channel, so edges
+# drop the copy in their near cache.
 PIN_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local cur = redis.call('GET', KEYS[1])
+local restore = ARGV[7] ~= ''
 local since = now
+if restore then
+  since = tonumber(ARGV[7])
+end
+local cur = redis.call('GET', KEYS[1])
 if cur then
   local sep = string.find(cur, '|', 1, true)
   local cluster = sep and string.sub(cur, 1, sep - 1) or ''
   local at = sep and tonumber(string.sub(cur, sep + 1)) or nil
+  if restore and cluster == '!' and at ~= nil then
+    return cur
+  end
   local over_age = at ~= nil and tonumber(ARGV[4]) > 0 and now - at > tonumber(ARGV[4])
   local alive = at ~= nil and cluster ~= '!' and not over_age
   if alive and cluster ~= ARGV[2] then
@@ -80,8 +100,19 @@ class SessionStore(Protocol):
     async def read(self, session_id: str) -> Pin | None:
         """The pin (a tombstone if forgotten), refreshing its TTL; None if there is none."""
 
-    async def pin(self, session_id: str, cluster: str, *, replacing: str | None) -> Pin:
-        """Pin to ``cluster`` if unpinned or pinned to ``replacing``; the pin that holds after."""
+    async def pin(
+        self,
+        session_id: str,
+        cluster: str,
+        *,
+        replacing: str | None,
+        restore_at_ms: int | None = None,
+    ) -> Pin:
+        """Pin to ``cluster`` if unpinned or pinned to ``replacing``; the pin that holds after.
+
+        ``restore_at_ms``: put back a remembered pin made at that time; a
+        forgotten session stays forgotten.
+        """
 
     async def forget(self, session_id: str) -> None: ...
 
@@ -120,6 +151,24 @@ def _sentinel_master(
         ssl=target.tls,
         **pool,
     )
+
+
+def check_target(target: RedisTarget) -> None:
+    """Raise ValueError for a URL that redis-py would refuse only when connecting
+    (a bad or unknown query option), so ``check`` and start-up report it."""
+    if target.mode is not RedisMode.STANDALONE:
+        return
+    options = parse_url(target.url)
+    if "path" in options:
+        classes: tuple[type, ...] = (UnixDomainSocketConnection, AbstractConnection)
+    elif target.tls:
+        classes = (SSLConnection, Connection, AbstractConnection)
+    else:
+        classes = (Connection, AbstractConnection)
+    accepted = {name for cls in classes for name in inspect.signature(cls).parameters}
+    unknown = sorted(set(options) - accepted - {"connection_class"})
+    if unknown:
+        raise ValueError(f"has unknown option(s) in its query: {', '.join(unknown)}")
 
 
 def make_client(target: RedisTarget, settings: SessionSettings) -> Any:
@@ -204,7 +253,7 @@ class RedisSessionStore:
                 if self._needs_init:
                     await self._initialize()
                 return await op()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def _initialize(self) -> None:
@@ -222,7 +271,14 @@ class RedisSessionStore:
             return None
         return pin
 
-    async def pin(self, session_id: str, cluster: str, *, replacing: str | None) -> Pin:
+    async def pin(
+        self,
+        session_id: str,
+        cluster: str,
+        *,
+        replacing: str | None,
+        restore_at_ms: int | None = None,
+    ) -> Pin:
         raw = await self._call(
             lambda: self._pin_script(
                 keys=[self.key(session_id)],
@@ -233,6 +289,7 @@ class RedisSessionStore:
                     self._max_age_ms,
                     self.channel,
                     f"{self.origin} {session_id}",
+                    "" if restore_at_ms is None else restore_at_ms,
                 ],
             )
         )
@@ -292,7 +349,7 @@ class RedisSessionStore:
                 origin, _, session_id = str(message["data"]).partition(" ")
                 if origin != self.origin:
                     yield session_id
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         finally:
             await pubsub.aclose()
@@ -337,11 +394,24 @@ class LocalSessionStore:
             return None
         return pin
 
-    async def pin(self, session_id: str, cluster: str, *, replacing: str | None) -> Pin:
+    async def pin(
+        self,
+        session_id: str,
+        cluster: str,
+        *,
+        replacing: str | None,
+        restore_at_ms: int | None = None,
+    ) -> Pin:
+        stored = self._pins.get(session_id, self._clock_ms())
+        if restore_at_ms is not None and stored is not None and stored.forgotten:
+            return stored
         current = self._alive(session_id)
         if current is not None and current.cluster != (replacing or ""):
             return current
-        since = current.pinned_at_ms if current is not None else self._clock_ms()
+        if current is not None:
+            since = current.pinned_at_ms
+        else:
+            since = self._clock_ms() if restore_at_ms is None else restore_at_ms
         pin = Pin(cluster, since, self._ttl_ms)
         self._pins.put(session_id, pin, self._clock_ms())
         return pin

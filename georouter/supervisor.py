@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 _QUICK_EXIT_S = 2.0
 _MAX_QUICK_EXITS = 5
 _STOP_GRACE_S = 15.0
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -122,15 +123,22 @@ class Supervisor:
 
     def _spawn(self, role: str) -> None:
         parent = os.getpid()
+        # Signals wait until the child is recorded (the parent) or has its own
+        # handlers (the child): a SIGTERM in between would otherwise be lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         pid = os.fork()
         if pid:
             self.children[pid] = (role, time.monotonic())
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            if self.stopping:
+                self._stop(signal.SIGTERM, None)
             return
         # The child: never returns into the supervisor's code.
         code = 0
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
             die_with_parent()
             if os.getppid() != parent:
                 os._exit(1)

@@ -241,6 +241,8 @@ async def test_malformed_batch_is_a_400_naming_the_field(
         pytest.param(b"[1, 2]", id="array"),
         pytest.param(b'{"requests": [], "extra": 1}', id="extra-key"),
         pytest.param(b"", id="empty"),
+        pytest.param(b"[" * 100_000, id="deeply-nested"),
+        pytest.param(b'{"requests": [{"ip": ' + b"9" * 5000 + b"}]}", id="huge-integer"),
     ],
 )
 async def test_unparseable_batch_body_is_a_400(

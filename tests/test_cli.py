@@ -156,3 +156,36 @@ def test_demo_routes_real_addresses_through_a_real_edge() -> None:
     assert rows["1.0.16.1"][3] == "ap-northeast"
     assert rows["203.2.218.214"][3] == "ap-sydney"
     assert rows["10.1.2.3"][-1] == "fallback"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        pytest.param(
+            "redis://127.0.0.1:6399/0?socket_timeout=abc",
+            "Invalid value for 'socket_timeout'",
+            id="bad-option-value",
+        ),
+        pytest.param(
+            "redis://127.0.0.1:6399/0?colour=red",
+            "has unknown option(s) in its query: colour",
+            id="unknown-option",
+        ),
+    ],
+)
+def test_check_and_serve_refuse_a_redis_url_redis_py_would_refuse_later(
+    write_config: Callable[[str], Path], url: str, message: str
+) -> None:
+    path = write_config(
+        config_text(
+            GOOD_CLUSTERS,
+            router={"fallback": "us-east"},
+            geoip={"database": str(TEST_CITY_DB)},
+            sessions={"redis_url": url},
+        )
+    )
+    for args in (("check",), ("serve", "--listen", "127.0.0.1:0")):
+        result = run(*args, "--config", str(path))
+        assert result.returncode == 1, result.stderr
+        assert f"sessions.redis_url: {message}" in result.stderr
+        assert "Traceback" not in result.stderr

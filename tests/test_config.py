@@ -132,6 +132,9 @@ def cluster(**overrides: object) -> str:
         ),
         pytest.param(cluster(name='""'), "clusters[0].name: must be 1-63", id="name-empty"),
         pytest.param(
+            cluster(name='"c1\\n"'), "clusters[0].name: must be 1-63", id="name-trailing-newline"
+        ),
+        pytest.param(
             cluster(url='"ftp://x.example"'),
             "clusters[0].url: must be an http:// or",
             id="url-scheme",
@@ -260,3 +263,34 @@ def test_invalid_toml_is_a_config_error_with_its_position(tmp_path: Path) -> Non
         load(path)
     assert "invalid TOML" in str(info.value)
     assert "line 1" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        pytest.param(
+            "redis://:s3cret@10.0.0.5:6379/0", "redis://:***@10.0.0.5:6379/0", id="password"
+        ),
+        pytest.param(
+            "rediss://app:s3cret@r.example:6380/1",
+            "rediss://app:***@r.example:6380/1",
+            id="user-and-password",
+        ),
+        pytest.param(
+            "unix:///run/redis.sock?password=s3cret&db=2",
+            "unix:///run/redis.sock?password=***&db=2",
+            id="query-password",
+        ),
+        pytest.param(
+            "redis+sentinel://u:s3cret@a:26379,b:26379/main",
+            "redis+sentinel://u:***@a:26379,b:26379/main",
+            id="sentinel",
+        ),
+        pytest.param("redis://10.0.0.5:6379/0", "redis://10.0.0.5:6379/0", id="no-password"),
+    ],
+)
+def test_redis_passwords_never_show(url: str, shown: str) -> None:
+    config = parse(tomllib.loads(MINIMAL + f'\n[sessions]\nredis_url = "{url}"\n'))
+    assert config.sessions.redis is not None
+    assert config.sessions.redis.redacted == shown
+    assert "s3cret" not in shown

@@ -143,3 +143,30 @@ async def test_partial_published_states_are_not_trusted(
         )
         assert not monitor.ready
         assert monitor.states["c1"].status is Status.UNKNOWN
+
+
+async def test_a_url_the_client_cannot_use_is_a_failed_probe_not_a_dead_monitor(
+    make_standins: Callable[..., dict[str, StandIn]],
+) -> None:
+    standins = make_standins("good")
+    clusters = (
+        Cluster("good", standins["good"].url, 0.0, 0.0),
+        # Valid to the config's URL check, refused by the HTTP client (bad IDNA label).
+        Cluster("odd", "http://xn--a", 0.0, 0.0),
+    )
+    async with httpx.AsyncClient() as client:
+        monitor = HealthMonitor(clusters, FAST, client)
+        task = asyncio.create_task(monitor.run())
+        try:
+            await asyncio.wait_for(monitor.first_round_done.wait(), timeout=5)
+            assert monitor.states["odd"].status is Status.DOWN
+            assert monitor.states["good"].status is Status.UP
+            probes = monitor.states["good"].probes
+            await until(
+                lambda: monitor.states["good"].probes > probes + 2,
+                timeout_s=5,
+                what="probing to go on",
+            )
+            assert not task.done()
+        finally:
+            task.cancel()

@@ -307,3 +307,20 @@ async def test_a_new_cluster_client_answers_a_burst_of_concurrent_requests(
         assert all(isinstance(r, Pin) and r.cluster == "eu-west" for r in results)
     with sync_cluster_client(redis_cluster) as check:
         assert all(check.exists(f"georouter:s:{sid}") for sid in ids)
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_redis_cluster_is_store_unavailable_not_a_crash() -> None:
+    from georouter.sessions import StoreUnavailable
+    from tests.redis_harness import free_port
+
+    settings = session_settings(f"redis+cluster://127.0.0.1:{free_port()}")
+    assert settings.redis is not None
+    store = RedisSessionStore(make_client(settings.redis, settings), settings)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.read("s1")
+        with pytest.raises(StoreUnavailable):
+            await store.pin("s1", "eu-west", replacing=None)
+    finally:
+        await store.close()

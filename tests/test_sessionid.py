@@ -36,6 +36,7 @@ KEY_OLD = b"o" * 16 + b"-old"
         pytest.param("a;b", False, id="semicolon"),
         pytest.param("a*b", False, id="glob"),
         pytest.param("a\r\nSET x y", False, id="crlf-injection"),
+        pytest.param("abc\n", False, id="trailing-newline"),
     ],
 )
 def test_session_ids_are_validated(session_id: str, ok: bool) -> None:

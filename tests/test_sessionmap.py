@@ -309,3 +309,78 @@ async def test_losing_redis_turns_the_near_cache_off(
     assert len(m.near) == 0
     redis_server.start(port=redis_server.port)
     await until(lambda: m.near.active)
+
+
+async def test_a_session_forgotten_during_an_outage_is_not_restored(
+    make_map: Callable[[], SessionMap], redis_server: RedisServer
+) -> None:
+    edge_a, edge_b = make_map(), make_map()
+    await edge_a.pin("alice", "eu-west", replacing=None)
+    redis_server.pause()  # edge A loses Redis...
+    for _ in range(3):
+        await edge_a.read("alice")
+    assert not edge_a.breaker.allows
+    redis_server.resume()
+    await edge_b.forget("alice")  # ...while an admin forgets alice through edge B
+    recovery = asyncio.create_task(edge_a.run())
+    try:
+        await until(lambda: edge_a.breaker.allows and not edge_a.pending)
+    finally:
+        recovery.cancel()
+    with redis_server.client() as c:
+        assert c.get("georouter:s:alice").startswith("!|")  # still a tombstone
+    assert (await edge_b.read("alice")).pin is None
+    assert (await edge_a.read("alice")).pin is None
+
+
+async def test_a_restored_pin_keeps_its_age_and_expired_pins_are_not_restored(
+    redis_server: RedisServer,
+) -> None:
+    settings = session_settings(redis_server.url, ttl_s=60, max_ttl_s=120, retry_interval_s=0.05)
+    assert settings.redis is not None
+    now = [1_000_000]
+    store = RedisSessionStore(
+        make_client(settings.redis, settings), settings, clock_ms=lambda: now[0]
+    )
+    m = SessionMap(store, settings, Metrics(), clock_ms=lambda: now[0])
+    try:
+        with redis_server.client() as c:
+            redis_now_ms = c.time()[0] * 1000
+        now[0] = redis_now_ms
+        old = await m.pin("old", "eu-west", replacing=None)
+        assert old.pin is not None
+        with redis_server.client() as c:
+            c.flushall()  # Redis loses everything
+        restored = await m.read("old")
+        assert restored.pin is not None
+        # Put back with its first pin time: the 120 s cap still counts from then.
+        assert restored.pin.pinned_at_ms == old.pin.pinned_at_ms
+
+        now[0] += 130_000  # past the hard cap
+        with redis_server.client() as c:
+            c.flushall()
+        assert (await m.read("old")).pin is None
+        with redis_server.client() as c:
+            assert c.get("georouter:s:old") is None
+    finally:
+        await store.close()
+
+
+async def test_a_failover_made_without_redis_clears_the_near_cache_copy(
+    make_near_map: Callable[[], SessionMap], redis_server: RedisServer
+) -> None:
+    m = make_near_map()
+    await until(lambda: m.near.active)
+    await m.pin("s1", "eu-west", replacing=None)
+    assert m.cached("s1") is not None
+    redis_server.pause()  # hung: commands time out, the change channel stays up
+    try:
+        moved = await m.pin("s1", "us-east", replacing="eu-west")
+        assert moved.degraded
+        assert m.near.active
+        assert m.cached("s1") is None
+        read = await m.read("s1")
+        assert read.pin is not None
+        assert read.pin.cluster == "us-east"
+    finally:
+        redis_server.resume()

@@ -26,8 +26,6 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 T = TypeVar("T")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-
 
 class ClientIpHeader(StrEnum):
     """Which forwarding header a trusted proxy sets.
@@ -168,12 +166,28 @@ def _clusters_array(value: Any) -> list[Any] | _Error:
     return value
 
 
-def _cluster_name(value: Any) -> str | _Error:
-    if not isinstance(value, str):
-        return _Error(f"must be a string, not {_type_name(value)}")
-    if not _NAME_RE.fullmatch(value):
-        return _Error(f"must be 1-63 letters, digits, '.', '_' or '-', not {value!r}")
-    return value
+def _matching(pattern: str, rule: str) -> Callable[[Any], str | _Error]:
+    """A string matching ``pattern`` in full; otherwise "<rule>, not '<value>'"."""
+    compiled = re.compile(pattern)
+
+    def check(value: Any) -> str | _Error:
+        if not isinstance(value, str):
+            return _Error(f"must be a string, not {_type_name(value)}")
+        if not compiled.fullmatch(value):
+            return _Error(f"{rule}, not {value!r}")
+        return value
+
+    return check
+
+
+_cluster_name = _matching(
+    r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", "must be 1-63 letters, digits, '.', '_' or '-'"
+)
+_key_prefix = _matching(
+    r"[A-Za-z0-9._:-]{1,64}", "must be 1-64 letters, digits, '.', '_', ':' or '-'"
+)
+# An HTTP token (RFC 9110), as cookie and header names must be.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}"
 
 
 def _number(low: float, high: float) -> Callable[[Any], float | _Error]:
@@ -393,8 +407,8 @@ def _parse_sessions(table: Any, problems: list[Problem], base_dir: Path | None) 
         key_prefix=s.get("key_prefix", _key_prefix, defaults.key_prefix),
         ttl_s=ttl_s,
         max_ttl_s=max_ttl_s,
-        cookie=s.get("cookie", _token("cookie name"), defaults.cookie),
-        header=s.get("header", _token("header name"), defaults.header).lower(),
+        cookie=s.get("cookie", _matching(_TOKEN, "must be a cookie name"), defaults.cookie),
+        header=s.get("header", _matching(_TOKEN, "must be a header name"), defaults.header).lower(),
         connect_timeout_s=s.get("connect_timeout_s", _number(0.001, 60), 0.05),
         command_timeout_s=s.get("command_timeout_s", _number(0.001, 60), 0.05),
         pool_size=s.get("pool_size", _count(1, 10_000), defaults.pool_size),
@@ -405,28 +419,6 @@ def _parse_sessions(table: Any, problems: list[Problem], base_dir: Path | None) 
     )
     s.finish()
     return settings
-
-
-_TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
-
-
-def _token(what: str) -> Callable[[Any], str | _Error]:
-    def check(value: Any) -> str | _Error:
-        if not isinstance(value, str):
-            return _Error(f"must be a string, not {_type_name(value)}")
-        if not _TOKEN_RE.fullmatch(value):
-            return _Error(f"is not a valid {what}: {value!r}")
-        return value
-
-    return check
-
-
-def _key_prefix(value: Any) -> str | _Error:
-    if not isinstance(value, str):
-        return _Error(f"must be a string, not {_type_name(value)}")
-    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,64}", value):
-        return _Error(f"must be 1-64 letters, digits, '.', '_', ':' or '-', not {value!r}")
-    return value
 
 
 def _redis_target(value: Any) -> RedisTarget | _Error:

@@ -29,14 +29,6 @@ class Metrics:
             found = self._families[name] = Family(name, help_text, labels)
         return found
 
-    def inc(self, name: str, amount: int = 1) -> None:
-        """Add to an unlabelled counter (created, without help text, if new)."""
-        self.family(name, "").values[()] += amount
-
-    def value(self, name: str, *label_values: str) -> int:
-        found = self._families.get(name)
-        return found.values[label_values] if found else 0
-
     def render(self, gauges: dict[str, float] | None = None) -> str:
         lines: list[str] = []
         for name in sorted(self._families):

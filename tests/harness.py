@@ -6,6 +6,7 @@ waiting is always on a condition with a deadline, never a bare sleep.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -54,6 +55,18 @@ def wait_for(
             return last
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what} (last: {last!r})")
+
+
+async def until(
+    condition: Callable[[], object], *, timeout_s: float = 10, what: str = "the condition"
+) -> None:
+    """The async ``wait_for``: poll ``condition`` in the event loop until it holds."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not condition():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}") from None
 
 
 def toml_value(value: object) -> str:

@@ -12,6 +12,7 @@ from georouter.config import Cluster, HealthSettings
 from georouter.health import Status
 from georouter.monitor import HealthMonitor
 from georouter.standin import StandIn
+from tests.harness import until
 
 pytestmark = pytest.mark.anyio
 
@@ -20,13 +21,6 @@ FAST = HealthSettings(path="/healthz", interval_s=0.05, timeout_s=0.5, rise=2, f
 
 def clusters_for(standins: dict[str, StandIn]) -> tuple[Cluster, ...]:
     return tuple(Cluster(name, s.url, 0.0, 0.0) for name, s in standins.items())
-
-
-async def until(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.01)
-    assert condition(), what
 
 
 async def test_first_round_decides_the_initial_state(

@@ -12,6 +12,7 @@ from georouter.breaker import BreakerState
 from georouter.metrics import Metrics
 from georouter.sessionmap import SessionMap
 from georouter.sessions import RedisSessionStore, make_client
+from tests.harness import until
 from tests.redis_harness import RedisServer
 from tests.test_sessions_contract import session_settings
 
@@ -42,12 +43,6 @@ async def make_map(redis_server: RedisServer) -> AsyncIterator[Callable[[], Sess
     yield make
     for m in maps:
         await m.store.close()
-
-
-async def until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def test_reads_and_pins_go_through_redis_when_it_answers(

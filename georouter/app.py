@@ -10,6 +10,7 @@ client.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 import time
@@ -154,6 +155,12 @@ def create_app(
                 if sessions is not None:
                     tasks.append(tg.create_task(sessions.run(), name="redis-recovery"))
                     tasks.append(tg.create_task(sessions.follow_changes(), name="pin-changes"))
+                    tasks.append(tg.create_task(sessions.refresh_near(), name="near-refresh"))
+                # Start-up is done: what exists now (modules, the GeoIP reader, the
+                # clients) lives as long as the process. Frozen, full collections skip
+                # it; each one otherwise stalled the event loop for 20-50 ms here,
+                # long enough for Redis calls in flight to time out.
+                gc.freeze()
                 try:
                     yield {"services": services}
                 finally:

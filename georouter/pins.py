@@ -4,12 +4,19 @@ The local memory keeps sessions sticky on this edge while Redis is away, and
 puts pins back into a Redis that came back empty. It is an LRU with a sliding
 expiry like the Redis keys, so it never outgrows ``capacity`` and never keeps
 a session longer than Redis would have.
+
+Both caches hold each entry as a plain tuple of strings and numbers, never as
+objects: CPython's collector stops tracking such tuples, so hundreds of
+thousands of cached sessions add nothing to a full collection. Kept as
+objects, 100k sessions made each full collection stall the event loop for
+50-90 ms, long enough for every Redis call in flight to time out.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # The stored value is "<cluster>|<pinned at, ms since the epoch>"; cluster names
 # cannot contain "|". A forgotten session is a tombstone, "!|<ms>", so every
@@ -18,8 +25,7 @@ SEPARATOR = "|"
 TOMBSTONE = "!"
 
 
-@dataclass(frozen=True, slots=True)
-class Pin:
+class Pin(NamedTuple):
     cluster: str
     pinned_at_ms: int
     # What is left of the sliding TTL when this pin was read, if known.
@@ -52,31 +58,36 @@ class LocalPins:
     def __init__(self, capacity: int, ttl_ms: int) -> None:
         self.capacity = capacity
         self.ttl_ms = ttl_ms
-        self._entries: OrderedDict[str, tuple[Pin, int]] = OrderedDict()
+        # session id -> (cluster, pinned at ms, expires at ms)
+        self._entries: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
 
     def get(self, session_id: str, now_ms: int) -> Pin | None:
         entry = self._entries.get(session_id)
         if entry is None:
             return None
-        pin, expires_at = entry
+        cluster, pinned_at_ms, expires_at = entry
         if expires_at <= now_ms:
             del self._entries[session_id]
             return None
-        self._entries[session_id] = (pin, now_ms + self.ttl_ms)
+        self._entries[session_id] = (cluster, pinned_at_ms, now_ms + self.ttl_ms)
         self._entries.move_to_end(session_id)
-        return Pin(pin.cluster, pin.pinned_at_ms, self.ttl_ms)
+        return Pin(cluster, pinned_at_ms, self.ttl_ms)
 
     def put(self, session_id: str, pin: Pin, now_ms: int) -> None:
         if self.capacity <= 0:
             return
-        self._entries[session_id] = (pin, now_ms + self.ttl_ms)
+        self._entries[session_id] = (pin.cluster, pin.pinned_at_ms, now_ms + self.ttl_ms)
         self._entries.move_to_end(session_id)
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
 
     def items(self, now_ms: int) -> list[tuple[str, Pin]]:
         """Every pin still remembered at ``now_ms``, least recently used first."""
-        return [(sid, pin) for sid, (pin, until) in self._entries.items() if until > now_ms]
+        return [
+            (sid, Pin(cluster, at))
+            for sid, (cluster, at, until) in self._entries.items()
+            if until > now_ms
+        ]
 
     def drop(self, session_id: str) -> bool:
         return self._entries.pop(session_id, None) is not None
@@ -94,6 +105,10 @@ class NearCache:
     subscription clears it, since announcements may have been missed. A read
     from Redis that raced with an announcement for the same session is not
     cached (``mark`` before the read, ``put`` with that mark after it).
+
+    A pin still in use past half its life is listed as due (``take_due``): the
+    session map reads those again from Redis in the background, which renews
+    their TTL there and their life here, so busy sessions never wait on Redis.
     """
 
     _HISTORY_LIMIT = 100_000
@@ -102,7 +117,12 @@ class NearCache:
         self.capacity = capacity
         self.ttl_ms = ttl_ms
         self.active = False
-        self._entries: dict[str, tuple[Pin, int]] = {}
+        # session id -> (cluster, pinned at ms, TTL left when read, expires here at ms)
+        self._entries: dict[str, tuple[str, int, int | None, int]] = {}
+        # Read again from Redis once past half their life, if still in use, so a
+        # busy session never expires here and its Redis TTL keeps sliding.
+        self._refresh_within_ms = ttl_ms // 2
+        self._due: dict[str, None] = {}  # an ordered set
         self._seq = 0
         self._floor = 0
         self._invalidated_at: dict[str, int] = {}
@@ -116,6 +136,7 @@ class NearCache:
     def deactivate(self) -> None:
         self.active = False
         self._entries.clear()
+        self._due.clear()
         self._seq += 1
         self._floor = self._seq
 
@@ -123,13 +144,25 @@ class NearCache:
         return self._seq
 
     def get(self, session_id: str, now_ms: int) -> Pin | None:
+        """The cached pin; one in use past half its life is also marked ``due``."""
         entry = self._entries.get(session_id)
         if entry is None:
             return None
-        if entry[1] <= now_ms:
+        cluster, pinned_at_ms, ttl_ms, expires_at = entry
+        if expires_at <= now_ms:
             del self._entries[session_id]
             return None
-        return entry[0]
+        if expires_at - now_ms < self._refresh_within_ms:
+            self._due[session_id] = None
+        return Pin(cluster, pinned_at_ms, ttl_ms)
+
+    def take_due(self, limit: int) -> list[str]:
+        """Up to ``limit`` sessions in use whose pin should be read again (and so
+        renewed in Redis) before it expires here, oldest first."""
+        taken = list(itertools.islice(self._due, limit))
+        for session_id in taken:
+            del self._due[session_id]
+        return taken
 
     def changed_since(self, session_id: str, mark: int) -> bool:
         """True if the session may have changed since ``mark`` (or nobody can tell)."""
@@ -138,13 +171,29 @@ class NearCache:
     def put(self, session_id: str, pin: Pin, now_ms: int, mark: int) -> None:
         if not self.active or self.ttl_ms <= 0 or self.changed_since(session_id, mark):
             return  # changed while we were reading it
+        # Re-inserted, so the order of entries is the order of their last read.
+        self._entries.pop(session_id, None)
         if len(self._entries) >= self.capacity:
-            self._entries.clear()
-        self._entries[session_id] = (pin, now_ms + self.ttl_ms)
+            self._evict_oldest()
+        self._entries[session_id] = (
+            pin.cluster,
+            pin.pinned_at_ms,
+            pin.ttl_ms,
+            now_ms + self.ttl_ms,
+        )
+
+    def _evict_oldest(self) -> None:
+        """Drop the eighth of the entries read longest ago (in one go: dropping the
+        oldest entry one at a time from a dict costs a scan over the holes it leaves)."""
+        count = max(1, self.capacity // 8)
+        for session_id in list(itertools.islice(self._entries, count)):
+            del self._entries[session_id]
+            self._due.pop(session_id, None)
 
     def invalidate(self, session_id: str) -> None:
         self._seq += 1
         self._entries.pop(session_id, None)
+        self._due.pop(session_id, None)
         if len(self._invalidated_at) >= self._HISTORY_LIMIT:
             self._invalidated_at.clear()
             self._floor = self._seq

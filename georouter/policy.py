@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from georouter.config import Cluster
 from georouter.location import Location
@@ -78,8 +79,7 @@ def fallback_order(clusters: tuple[Cluster, ...], fallback: str) -> Order:
     return ((home, None), *((c, None) for c, _ in rest))
 
 
-@dataclass(frozen=True, slots=True)
-class Ranking:
+class Ranking(NamedTuple):
     """An order of preference and the clusters that cannot take traffic now.
 
     ``chosen`` is the first routable cluster (None when there is none). The

@@ -8,8 +8,7 @@ the HTTP API, the CLI's offline ``route`` command and the tests.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from georouter.clientip import IPAddress
 from georouter.config import Cluster, Config
@@ -24,7 +23,7 @@ from georouter.policy import (
     fallback_order,
     nearest_order,
 )
-from georouter.sessionmap import Outcome, SessionMap
+from georouter.sessionmap import SessionMap
 
 # Bounds the compare-and-set rounds when edges disagree about health.
 MAX_PIN_ROUNDS = 3
@@ -45,8 +44,7 @@ class AssumeAllUp:
         return {}
 
 
-@dataclass(frozen=True, slots=True)
-class SessionView:
+class SessionView(NamedTuple):
     id: str
     pin: Pin | None
     degraded: bool
@@ -61,8 +59,7 @@ class SessionView:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     cluster: Cluster | None
     reason: Reason
     client_ip: IPAddress | None
@@ -175,10 +172,11 @@ class Router:
         unroutable = self._health.unroutable()
         ranking = self._ranking(location, unroutable)
         # A near-cache hit is answered without creating a coroutine at all.
-        cached = self._sessions.cached(session_id)
-        outcome = Outcome(cached, False) if cached else await self._sessions.read(session_id)
-        degraded = outcome.degraded
-        held = outcome.pin
+        held = self._sessions.cached(session_id)
+        degraded = False
+        if held is None:
+            held, degraded = await self._sessions.read(session_id)
+        was_pinned = held is not None
         if held is None or not self._routable(held.cluster, unroutable):
             if ranking.chosen_at is None:
                 return self._plain(
@@ -190,7 +188,7 @@ class Router:
                 result = await self._sessions.pin(session_id, target, replacing=replacing)
                 degraded = degraded or result.degraded
                 if result.pin is None or result.pin.cluster == target:
-                    reason = Reason.FAILOVER if outcome.pin is not None else None
+                    reason = Reason.FAILOVER if was_pinned else None
                     view = SessionView(session_id, result.pin, degraded)
                     return self._plain(client_ip, location, ranking, view, reason)
                 held = result.pin
@@ -205,7 +203,10 @@ class Router:
         distance = None
         if ranking.reason is Reason.NEAREST:
             # The order already holds the distance to every cluster.
-            distance = next(d for c, d in ranking.order if c is cluster)
+            for ranked, d in ranking.order:
+                if ranked is cluster:
+                    distance = d
+                    break
         view = SessionView(session_id, held, degraded)
         return self._count(
             Decision(cluster, Reason.STICKY, client_ip, location, distance, ranking, view)

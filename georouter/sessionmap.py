@@ -18,6 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from georouter.breaker import Breaker
 from georouter.config import SessionSettings
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 FAILURES_TO_OPEN = 3
 WRITE_BACK_BATCH = 256
+# How often pins due in the near cache are read again, and how many per command.
+REFRESH_TICK_S = 0.05
+REFRESH_BATCH = 256
 
 
 class WriteBack(StrEnum):
@@ -48,8 +52,7 @@ class Pending:
     pinned_at_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """A pin (or none) and whether it was decided without Redis."""
 
     pin: Pin | None
@@ -83,6 +86,10 @@ class SessionMap:
         self._near_hits = metrics.family(
             "georouter_session_near_cache_hits_total",
             "Sticky reads answered from the near cache, without a Redis round trip.",
+        ).values
+        self._refreshed = metrics.family(
+            "georouter_session_near_cache_refreshed_total",
+            "Near-cache pins in use read again from Redis before they expired (TTL renewed).",
         ).values
         self._written_back = metrics.family(
             "georouter_session_written_back_total",
@@ -283,6 +290,34 @@ class SessionMap:
                     log.warning("lost the pin-change channel (%s): near cache off", exc)
             self.near.deactivate()
             await asyncio.sleep(self.settings.retry_interval_s)
+
+    async def refresh_near(self) -> None:
+        """Until cancelled: read again, in the background, the near-cache pins in use
+        past half their life, so a busy session's TTL keeps sliding in Redis and its
+        requests never wait for a round trip."""
+        if not self.store.announces_changes or self.settings.near_cache_s <= 0:
+            return
+        while True:
+            await asyncio.sleep(REFRESH_TICK_S)
+            while self.breaker.allows and (due := self.near.take_due(REFRESH_BATCH)):
+                await self._refresh(due)
+
+    async def _refresh(self, due: list[str]) -> None:
+        mark = self.near.mark()
+        try:
+            pins = await self.store.read_many(due)
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            return
+        self.breaker.success()
+        for sid, pin in zip(due, pins, strict=True):
+            if pin is None:
+                # Gone from Redis (evicted, flushed, past its age cap): the session's
+                # next request reads it and, if this edge remembers it, restores it.
+                self.near.invalidate(sid)
+            else:
+                self._remember(sid, pin, mark)
+        self._refreshed[()] += len(due)
 
     async def run(self) -> None:
         """Until cancelled: reopen a tripped breaker once Redis answers, and write back."""

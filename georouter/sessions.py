@@ -32,11 +32,12 @@ from redis.asyncio.connection import (
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from georouter.config import SessionSettings
 from georouter.errors import GeorouterError
 from georouter.pins import TOMBSTONE, LocalPins, Pin
+from georouter.pipelining import AutoPipeline
 from georouter.redisurl import RedisMode, RedisTarget
 
 # KEYS[1]: the session key. ARGV: cluster to pin, cluster expected to be replaced
@@ -80,6 +81,17 @@ local value = ARGV[1] .. '|' .. since
 redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return value
+"""
+
+# KEYS: session keys; ARGV[1]: TTL in ms. Every key's value (false: none), its TTL
+# renewed: the near cache's background refresh of many sessions as one command.
+# Only where the keys may live on one node (not on Redis Cluster).
+READ_MANY_SCRIPT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('GETEX', key, 'PX', ARGV[1])
+end
+return out
 """
 
 # KEYS[1]: the session key. ARGV: the tombstone, TTL in ms, channel, message.
@@ -234,6 +246,7 @@ class RedisSessionStore:
         self._clock_ms = clock_ms
         self._pin_script = client.register_script(PIN_SCRIPT)
         self._forget_script = client.register_script(FORGET_SCRIPT)
+        self._read_many_script = client.register_script(READ_MANY_SCRIPT)
         # Pin changes are announced on this channel as "<origin> <session id>"; an
         # edge process ignores its own announcements (it already knows).
         self.channel = f"{settings.key_prefix}:pins"
@@ -243,6 +256,13 @@ class RedisSessionStore:
         # connections of concurrent calls (redis-py#3032): initialize it first, once.
         self._needs_init = isinstance(client, RedisCluster)
         self._init_lock = asyncio.Lock()
+        # Reads and pins of concurrent requests share one pipeline. Not on Redis
+        # Cluster, whose client sends each key to its own node (one command each).
+        self._pipeline = (
+            None
+            if isinstance(client, RedisCluster)
+            else AutoPipeline(client, deadline_s=self._deadline_s)
+        )
 
     def key(self, session_id: str) -> str:
         return self._prefix + session_id
@@ -262,14 +282,54 @@ class RedisSessionStore:
                 await self._client.initialize()
                 self._needs_init = False
 
-    async def read(self, session_id: str) -> Pin | None:
-        raw = await self._call(lambda: self._client.getex(self.key(session_id), px=self._ttl_ms))
+    async def _command(self, *command: Any) -> Any:
+        """One command, in the shared pipeline when there is one."""
+        if self._pipeline is None:
+            return await self._call(lambda: self._client.execute_command(*command))
+        reply = await self._call(lambda: self._pipeline.submit(*command))  # type: ignore[union-attr]
+        if isinstance(reply, BaseException):
+            if isinstance(reply, RedisError | OSError | TimeoutError):
+                raise StoreUnavailable(f"{type(reply).__name__}: {reply}") from reply
+            raise reply
+        return reply
+
+    async def _script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """``EVALSHA``, loading the script once if Redis does not know it (it
+        restarted, or failed over to a replica that never saw it)."""
+        if self._pipeline is None:
+            return await self._call(lambda: script(keys=keys, args=args))
+        try:
+            return await self._command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except StoreUnavailable as exc:
+            if not isinstance(exc.__cause__, NoScriptError):
+                raise
+        # Through the pipeline too: every request that met NOSCRIPT in one turn
+        # loads it in one pipeline, instead of each taking a connection of its own.
+        await self._command("SCRIPT LOAD", script.script)
+        return await self._command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def _alive(self, raw: str | None) -> Pin | None:
         if raw is None:
             return None
         pin = Pin.decode(raw, ttl_ms=self._ttl_ms)
         if pin is None or pin.expired(self._clock_ms(), self._max_age_ms):
             return None
         return pin
+
+    async def read(self, session_id: str) -> Pin | None:
+        return self._alive(await self._command("GETEX", self.key(session_id), "PX", self._ttl_ms))
+
+    async def read_many(self, session_ids: list[str]) -> list[Pin | None]:
+        """``read`` of many sessions at once: one command, or on Redis Cluster (where
+        they live on many nodes) one command each, concurrently."""
+        if self._pipeline is None:
+            return list(await asyncio.gather(*(self.read(sid) for sid in session_ids)))
+        raws = await self._script(
+            self._read_many_script, [self.key(sid) for sid in session_ids], [self._ttl_ms]
+        )
+        if not isinstance(raws, list) or len(raws) != len(session_ids):
+            raise StoreUnavailable(f"unexpected answer from the read script: {raws!r:.100}")
+        return [self._alive(raw) for raw in raws]
 
     async def pin(
         self,
@@ -279,19 +339,18 @@ class RedisSessionStore:
         replacing: str | None,
         restore_at_ms: int | None = None,
     ) -> Pin:
-        raw = await self._call(
-            lambda: self._pin_script(
-                keys=[self.key(session_id)],
-                args=[
-                    cluster,
-                    replacing or "",
-                    self._ttl_ms,
-                    self._max_age_ms,
-                    self.channel,
-                    f"{self.origin} {session_id}",
-                    "" if restore_at_ms is None else restore_at_ms,
-                ],
-            )
+        raw = await self._script(
+            self._pin_script,
+            [self.key(session_id)],
+            [
+                cluster,
+                replacing or "",
+                self._ttl_ms,
+                self._max_age_ms,
+                self.channel,
+                f"{self.origin} {session_id}",
+                "" if restore_at_ms is None else restore_at_ms,
+            ],
         )
         pin = Pin.decode(raw, ttl_ms=self._ttl_ms)
         if pin is None:
@@ -300,11 +359,10 @@ class RedisSessionStore:
 
     async def forget(self, session_id: str) -> None:
         tombstone = Pin(TOMBSTONE, self._clock_ms()).encode()
-        await self._call(
-            lambda: self._forget_script(
-                keys=[self.key(session_id)],
-                args=[tombstone, self._ttl_ms, self.channel, f"{self.origin} {session_id}"],
-            )
+        await self._script(
+            self._forget_script,
+            [self.key(session_id)],
+            [tombstone, self._ttl_ms, self.channel, f"{self.origin} {session_id}"],
         )
 
     async def peek(self, session_id: str) -> Pin | None:
@@ -355,6 +413,8 @@ class RedisSessionStore:
             await pubsub.aclose()
 
     async def close(self) -> None:
+        if self._pipeline is not None:
+            await self._pipeline.close()
         for client in (self._client, self._subscriber):
             if client is None:
                 continue

@@ -141,3 +141,55 @@ def test_near_cache_is_bounded() -> None:
     for i in range(10):
         near.put(f"s{i}", Pin("c", 0), now_ms=0, mark=near.mark())
         assert len(near) <= 3
+
+
+def test_a_full_near_cache_drops_the_sessions_read_longest_ago() -> None:
+    from georouter.pins import NearCache
+
+    near = NearCache(capacity=16, ttl_ms=1000)
+    near.activate()
+    for i in range(16):
+        near.put(f"s{i}", Pin("c", 0), now_ms=0, mark=near.mark())
+    near.put("s0", Pin("c", 0), now_ms=1, mark=near.mark())  # read again: now the newest
+    near.put("new", Pin("c", 0), now_ms=2, mark=near.mark())
+    kept = {f"s{i}" for i in range(16) if near.get(f"s{i}", now_ms=3) is not None}
+    # An eighth (2 of 16) went, the two read longest ago; s0 was read again and stays.
+    assert kept == {"s0"} | {f"s{i}" for i in range(3, 16)}
+    assert near.get("new", now_ms=3) is not None
+
+
+def test_near_cache_lists_pins_in_use_past_half_their_life_as_due() -> None:
+    from georouter.pins import NearCache
+
+    near = NearCache(capacity=10, ttl_ms=1000)
+    near.activate()
+    for sid in ("busy", "idle", "young"):
+        near.put(sid, Pin("c", 0), now_ms=0, mark=near.mark())
+    near.put("young", Pin("c", 0), now_ms=400, mark=near.mark())
+    assert near.get("busy", now_ms=400) is not None
+    assert near.take_due(10) == []  # under half their life: nothing to refresh yet
+    assert near.get("busy", now_ms=600) is not None  # in use past half its life
+    assert near.get("young", now_ms=600) is not None  # read again at 400: not yet due
+    assert near.get("busy", now_ms=700) is not None
+    assert near.take_due(10) == ["busy"]  # once, however often it was used
+    assert near.take_due(10) == []
+    # Refreshed (put again from a new read), it is trusted for a whole ttl again.
+    near.put("busy", Pin("c", 0), now_ms=700, mark=near.mark())
+    assert near.get("busy", now_ms=1500) is not None
+    assert near.get("idle", now_ms=1500) is None  # never used: it just expires
+
+
+def test_near_cache_takes_due_sessions_in_bounded_batches_and_forgets_invalidated_ones() -> None:
+    from georouter.pins import NearCache
+
+    near = NearCache(capacity=100, ttl_ms=1000)
+    near.activate()
+    for i in range(5):
+        near.put(f"s{i}", Pin("c", 0), now_ms=0, mark=near.mark())
+        near.get(f"s{i}", now_ms=600)
+    near.invalidate("s1")
+    assert near.take_due(2) == ["s0", "s2"]
+    assert near.take_due(2) == ["s3", "s4"]
+    near.get("s0", now_ms=600)
+    near.deactivate()  # nothing cached any more, so nothing to refresh
+    assert near.take_due(10) == []

@@ -379,3 +379,101 @@ async def test_a_failover_made_without_redis_clears_the_near_cache_copy(
         assert read.pin.cluster == "us-east"
     finally:
         redis_server.resume()
+
+
+@contextlib.asynccontextmanager
+async def refreshing_map(
+    redis_server: RedisServer, *, ttl_s: float, near_cache_s: float, metrics: Metrics | None = None
+) -> AsyncIterator[SessionMap]:
+    """A session map with its near cache followed and refreshed, as an edge runs it."""
+    import secrets
+
+    metrics = metrics or Metrics()
+    from georouter.sessions import make_subscriber
+
+    settings = session_settings(
+        redis_server.url,
+        command_timeout_s=TIMEOUT_S,
+        retry_interval_s=0.05,
+        ttl_s=ttl_s,
+        near_cache_s=near_cache_s,
+    )
+    assert settings.redis is not None
+    store = RedisSessionStore(
+        make_client(settings.redis, settings),
+        settings,
+        origin=secrets.token_hex(4),
+        subscriber=make_subscriber(settings.redis, settings),
+    )
+    m = SessionMap(store, settings, metrics)
+    tasks = [asyncio.create_task(m.follow_changes()), asyncio.create_task(m.refresh_near())]
+    try:
+        await until(lambda: m.near.active)
+        yield m
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await store.close()
+
+
+async def test_a_busy_session_is_refreshed_ahead_and_never_waits_on_redis(
+    redis_server: RedisServer,
+) -> None:
+    metrics = Metrics()
+    async with refreshing_map(redis_server, ttl_s=2, near_cache_s=0.6, metrics=metrics) as m:
+        await m.pin("busy", "eu-west", replacing=None)
+        requests_reaching_redis = 0
+        deadline = asyncio.get_running_loop().time() + 2.5  # past the 2 s TTL itself
+        while asyncio.get_running_loop().time() < deadline:
+            if m.cached("busy") is None:
+                requests_reaching_redis += 1
+                outcome = await m.read("busy")
+                assert outcome.pin is not None
+                assert outcome.pin.cluster == "eu-west"
+            await asyncio.sleep(0.02)
+        # Every request was answered from the near cache, refreshed in the background,
+        # which also kept sliding the TTL in Redis (2 s) past the session's first 2 s.
+        assert requests_reaching_redis == 0
+        with redis_server.client() as c:
+            assert c.get("georouter:s:busy").startswith("eu-west|")
+            assert c.pttl("georouter:s:busy") > 1000
+        assert refreshed(metrics) >= 2  # about every 0.3 s (half the near cache's 0.6 s)
+
+
+def refreshed(metrics: Metrics) -> int:
+    for line in metrics.render().splitlines():
+        if line.startswith("georouter_session_near_cache_refreshed_total "):
+            return int(float(line.split()[-1]))
+    raise AssertionError("no georouter_session_near_cache_refreshed_total in the metrics")
+
+
+async def test_an_idle_session_leaves_the_near_cache_and_expires_in_redis(
+    redis_server: RedisServer,
+) -> None:
+    async with refreshing_map(redis_server, ttl_s=1, near_cache_s=0.3) as m:
+        await m.pin("idle", "eu-west", replacing=None)
+        assert m.cached("idle") is not None
+        await asyncio.sleep(1.5)  # no request meanwhile: not refreshed
+        assert m.cached("idle") is None
+        with redis_server.client() as c:
+            assert c.get("georouter:s:idle") is None
+
+
+async def test_a_session_gone_from_redis_is_restored_after_its_refresh(
+    redis_server: RedisServer,
+) -> None:
+    async with refreshing_map(redis_server, ttl_s=5, near_cache_s=0.4) as m:
+        await m.pin("kept", "ap-sydney", replacing=None)
+        with redis_server.client() as c:
+            c.delete("georouter:s:kept")  # evicted under memory pressure, say
+        # In use past half its life, the refresh finds it gone and drops the copy...
+        await until(lambda: m.cached("kept") is None, timeout_s=5)
+        # ...so the next request reads Redis and puts back what this edge remembers.
+        outcome = await m.read("kept")
+        assert outcome.pin is not None
+        assert outcome.pin.cluster == "ap-sydney"
+        with redis_server.client() as c:
+            assert c.get("georouter:s:kept").startswith("ap-sydney|")

@@ -1,0 +1,164 @@
+"""Commands of one event-loop turn go to a real Redis as one pipeline; errors stay per command."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from georouter.metrics import Metrics
+from georouter.pipelining import MAX_BATCH, AutoPipeline
+from georouter.sessionmap import SessionMap
+from georouter.sessions import RedisSessionStore, make_client
+from tests.redis_harness import RedisServer
+from tests.test_sessions_contract import session_settings
+
+pytestmark = pytest.mark.anyio
+
+
+class CountingRedis(aioredis.Redis):
+    """A real client that counts the pipelines it sends."""
+
+    pipelines = 0
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        self.pipelines += 1
+        return super().pipeline(transaction=transaction, shard_hint=shard_hint)
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[CountingRedis]:
+    c = CountingRedis(
+        host="127.0.0.1", port=redis_server.port, decode_responses=True, socket_timeout=2
+    )
+    yield c
+    await c.aclose()
+
+
+async def test_commands_asked_in_one_turn_go_out_as_one_pipeline(client: CountingRedis) -> None:
+    await client.mset({f"k{i}": f"v{i}" for i in range(100)})
+    pipeline = AutoPipeline(client, deadline_s=2)
+    replies = await asyncio.gather(*(pipeline.submit("GET", f"k{i}") for i in range(100)))
+    assert replies == [f"v{i}" for i in range(100)]
+    assert client.pipelines == 1
+
+
+async def test_a_large_turn_is_split_into_bounded_pipelines(client: CountingRedis) -> None:
+    pipeline = AutoPipeline(client, deadline_s=2)
+    count = MAX_BATCH * 2 + 1
+    replies = await asyncio.gather(*(pipeline.submit("ECHO", str(i)) for i in range(count)))
+    assert replies == [str(i) for i in range(count)]
+    assert client.pipelines == 3
+
+
+async def test_commands_of_later_turns_go_in_later_pipelines(client: CountingRedis) -> None:
+    pipeline = AutoPipeline(client, deadline_s=2)
+    assert await pipeline.submit("ECHO", "a") == "a"
+    assert await pipeline.submit("ECHO", "b") == "b"
+    assert client.pipelines == 2
+
+
+async def test_a_command_redis_refuses_fails_alone(client: CountingRedis) -> None:
+    await client.hset("h", "f", "v")
+    await client.set("s", "ok")
+    pipeline = AutoPipeline(client, deadline_s=2)
+    wrong, right = await asyncio.gather(pipeline.submit("GET", "h"), pipeline.submit("GET", "s"))
+    assert isinstance(wrong, ResponseError)
+    assert "WRONGTYPE" in str(wrong)
+    assert right == "ok"
+
+
+async def test_a_hung_redis_answers_every_waiting_command_with_an_error_by_the_deadline(
+    client: CountingRedis, redis_server: RedisServer
+) -> None:
+    pipeline = AutoPipeline(client, deadline_s=0.3)
+    redis_server.pause()
+    try:
+        started = time.monotonic()
+        replies = await asyncio.gather(*(pipeline.submit("ECHO", str(i)) for i in range(10)))
+        waited = time.monotonic() - started
+    finally:
+        redis_server.resume()
+    assert all(isinstance(r, Exception) for r in replies), replies
+    assert waited < 0.3 + 1.0  # the deadline, with a generous margin for a loaded machine
+    # The connection that timed out is not reused half-read: the next command is answered.
+    assert await pipeline.submit("ECHO", "after") == "after"
+
+
+async def test_a_caller_that_stops_waiting_does_not_disturb_the_others(
+    client: CountingRedis,
+) -> None:
+    pipeline = AutoPipeline(client, deadline_s=2)
+    abandoned = pipeline.submit("ECHO", "gone")
+    kept = pipeline.submit("ECHO", "kept")
+    abandoned.cancel()
+    assert await kept == "kept"
+    assert abandoned.cancelled()
+
+
+async def test_scripts_are_loaded_again_after_redis_forgets_them(redis_server: RedisServer) -> None:
+    settings = session_settings(redis_server.url, command_timeout_s=2, connect_timeout_s=2)
+    assert settings.redis is not None
+    store = RedisSessionStore(make_client(settings.redis, settings), settings)
+    try:
+        assert (await store.pin("a", "eu-west", replacing=None)).cluster == "eu-west"
+        with redis_server.client() as c:
+            c.script_flush()  # as after a restart, or a failover to a replica
+        assert (await store.pin("b", "us-east", replacing=None)).cluster == "us-east"
+        assert [p and p.cluster for p in await store.read_many(["a", "b"])] == [
+            "eu-west",
+            "us-east",
+        ]
+    finally:
+        await store.close()
+
+
+async def test_read_many_answers_in_order_and_renews_every_ttl(redis_server: RedisServer) -> None:
+    settings = session_settings(redis_server.url, ttl_s=60, command_timeout_s=2)
+    assert settings.redis is not None
+    store = RedisSessionStore(make_client(settings.redis, settings), settings)
+    try:
+        await store.pin("one", "eu-west", replacing=None)
+        await store.pin("two", "ap-sydney", replacing=None)
+        await store.forget("gone")
+        with redis_server.client() as c:
+            c.pexpire("georouter:s:one", 5_000)
+            c.set("georouter:s:junk", "not a pin", px=5_000)
+        pins = await store.read_many(["two", "missing", "one", "gone", "junk"])
+        assert [p and p.cluster for p in pins] == ["ap-sydney", None, "eu-west", "!", None]
+        with redis_server.client() as c:
+            assert c.pttl("georouter:s:one") > 50_000  # renewed to the full 60 s
+    finally:
+        await store.close()
+
+
+async def test_concurrent_first_requests_of_many_sessions_share_round_trips(
+    redis_server: RedisServer,
+) -> None:
+    settings = session_settings(redis_server.url, command_timeout_s=2, connect_timeout_s=2)
+    assert settings.redis is not None
+    client = make_client(settings.redis, settings)
+    store = RedisSessionStore(client, settings)
+    m = SessionMap(store, settings, Metrics())
+    with redis_server.client() as c:
+        connections_before = int(c.info("stats")["total_connections_received"])
+    try:
+        outcomes = await asyncio.gather(
+            *(m.pin(f"user{i}", "eu-west", replacing=None) for i in range(200))
+        )
+        assert all(o.pin is not None and o.pin.cluster == "eu-west" for o in outcomes)
+        reads = await asyncio.gather(*(m.read(f"user{i}") for i in range(200)))
+        assert all(r.pin is not None and r.pin.cluster == "eu-west" for r in reads)
+        with redis_server.client() as c:
+            assert len(c.keys("georouter:s:user*")) == 200
+            # 400 commands over a handful of connections (one each would have taken
+            # the whole pool of 64): they went out pipelined.
+            opened = int(c.info("stats")["total_connections_received"]) - connections_before
+            assert opened < 20
+    finally:
+        await store.close()

@@ -175,7 +175,16 @@ class Router:
         held = self._sessions.cached(session_id)
         degraded = False
         if held is None:
-            held, degraded = await self._sessions.read(session_id)
+            if ranking.chosen_at is not None and not self._sessions.remembers(session_id):
+                # New to this edge: pin it to the nearest, unless another edge has
+                # pinned it already, in one round trip either way.
+                target = ranking.order[ranking.chosen_at][0].name
+                (held, degraded), made = await self._sessions.claim(session_id, target)
+                if made:
+                    view = SessionView(session_id, held, degraded)
+                    return self._plain(client_ip, location, ranking, view)
+            else:
+                held, degraded = await self._sessions.read(session_id)
         was_pinned = held is not None
         if held is None or not self._routable(held.cluster, unroutable):
             if ranking.chosen_at is None:

@@ -182,20 +182,35 @@ class SessionMap:
 
     async def pin(self, session_id: str, cluster: str, *, replacing: str | None) -> Outcome:
         """Pin (compare-and-set); the pin that holds afterwards, which may be another edge's."""
+        outcome, _ = await self._pin(session_id, cluster, replacing)
+        return outcome
+
+    async def claim(self, session_id: str, cluster: str) -> tuple[Outcome, bool]:
+        """The session's pin, pinning it to ``cluster`` if it has none: one round trip
+        for a session this edge does not know. True if this call made the pin."""
+        return await self._pin(session_id, cluster, None)
+
+    async def _pin(
+        self, session_id: str, cluster: str, replacing: str | None
+    ) -> tuple[Outcome, bool]:
         if self.breaker.allows:
             mark = self.near.mark()
             try:
-                pin = await self.store.pin(session_id, cluster, replacing=replacing)
+                if replacing is None:
+                    pin, made = await self.store.claim(session_id, cluster)
+                else:
+                    pin = await self.store.pin(session_id, cluster, replacing=replacing)
+                    made = pin.cluster == cluster  # (pin() has no use for it)
             except StoreUnavailable as exc:
                 self._failed(exc)
             else:
                 self.breaker.success()
                 self._remember(session_id, pin, mark)
-                return Outcome(pin, degraded=False)
+                return Outcome(pin, degraded=False), made
         self._degraded()
         current = self._local(session_id)
         if current is not None and current.cluster != (replacing or ""):
-            return Outcome(current, degraded=True)
+            return Outcome(current, degraded=True), False
         pin = Pin(
             cluster,
             current.pinned_at_ms if current else self._clock_ms(),
@@ -205,7 +220,11 @@ class SessionMap:
         # The near cache may still hold the pin this one replaces.
         self.near.invalidate(session_id)
         self._queue(session_id, pin, replacing, WriteBack.PIN)
-        return Outcome(pin, degraded=True)
+        return Outcome(pin, degraded=True), True
+
+    def remembers(self, session_id: str) -> bool:
+        """Whether this edge's memory holds a pin for the session (Redis may have lost it)."""
+        return self._local(session_id) is not None
 
     def _queue(self, session_id: str, pin: Pin, replacing: str | None, kind: WriteBack) -> None:
         earlier = self.pending.get(session_id)

@@ -43,7 +43,8 @@ from georouter.redisurl import RedisMode, RedisTarget
 # KEYS[1]: the session key. ARGV: cluster to pin, cluster expected to be replaced
 # ("" for none), TTL in ms, hard cap on a session's age in ms (0: none), the
 # invalidation channel and message, and for a restore the pin's original time
-# ("" otherwise). Returns the value stored after the call.
+# ("" otherwise). Returns the value stored after the call, and 1 if this call
+# stored it (0: it was there already, and only its TTL was renewed).
 #
 # Redis's own clock dates a new pin, so edges with skewed clocks still agree on a
 # session's age; a replaced or restored pin keeps its first time, so the hard cap
@@ -65,13 +66,13 @@ if cur then
   local cluster = sep and string.sub(cur, 1, sep - 1) or ''
   local at = sep and tonumber(string.sub(cur, sep + 1)) or nil
   if restore and cluster == '!' and at ~= nil then
-    return cur
+    return {cur, 0}
   end
   local over_age = at ~= nil and tonumber(ARGV[4]) > 0 and now - at > tonumber(ARGV[4])
   local alive = at ~= nil and cluster ~= '!' and not over_age
   if alive and cluster ~= ARGV[2] then
     redis.call('PEXPIRE', KEYS[1], ARGV[3])
-    return cur
+    return {cur, 0}
   end
   if alive then
     since = at
@@ -80,7 +81,7 @@ end
 local value = ARGV[1] .. '|' .. since
 redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
-return value
+return {value, 1}
 """
 
 # KEYS: session keys; ARGV[1]: TTL in ms. Every key's value (false: none), its TTL
@@ -125,6 +126,10 @@ class SessionStore(Protocol):
         ``restore_at_ms``: put back a remembered pin made at that time; a
         forgotten session stays forgotten.
         """
+
+    async def claim(self, session_id: str, cluster: str) -> tuple[Pin, bool]:
+        """Pin to ``cluster`` unless pinned already (then renew that pin), in one step;
+        True if this call made the pin."""
 
     async def forget(self, session_id: str) -> None: ...
 
@@ -339,7 +344,16 @@ class RedisSessionStore:
         replacing: str | None,
         restore_at_ms: int | None = None,
     ) -> Pin:
-        raw = await self._script(
+        pin, _ = await self._pin(session_id, cluster, replacing, restore_at_ms)
+        return pin
+
+    async def claim(self, session_id: str, cluster: str) -> tuple[Pin, bool]:
+        return await self._pin(session_id, cluster, None, None)
+
+    async def _pin(
+        self, session_id: str, cluster: str, replacing: str | None, restore_at_ms: int | None
+    ) -> tuple[Pin, bool]:
+        reply = await self._script(
             self._pin_script,
             [self.key(session_id)],
             [
@@ -352,10 +366,12 @@ class RedisSessionStore:
                 "" if restore_at_ms is None else restore_at_ms,
             ],
         )
-        pin = Pin.decode(raw, ttl_ms=self._ttl_ms)
+        pin = None
+        if isinstance(reply, list) and len(reply) == 2:
+            pin = Pin.decode(reply[0], ttl_ms=self._ttl_ms)
         if pin is None:
-            raise StoreUnavailable(f"unexpected answer from the pin script: {raw!r}")
-        return pin
+            raise StoreUnavailable(f"unexpected answer from the pin script: {reply!r:.100}")
+        return pin, reply[1] == 1
 
     async def forget(self, session_id: str) -> None:
         tombstone = Pin(TOMBSTONE, self._clock_ms()).encode()
@@ -475,6 +491,12 @@ class LocalSessionStore:
         pin = Pin(cluster, since, self._ttl_ms)
         self._pins.put(session_id, pin, self._clock_ms())
         return pin
+
+    async def claim(self, session_id: str, cluster: str) -> tuple[Pin, bool]:
+        current = self._alive(session_id)
+        if current is not None:
+            return current, False
+        return await self.pin(session_id, cluster, replacing=None), True
 
     async def forget(self, session_id: str) -> None:
         self._pins.put(session_id, Pin(TOMBSTONE, self._clock_ms()), self._clock_ms())

@@ -207,3 +207,30 @@ async def test_every_cluster_down_leaves_the_pin_alone(
     assert decision.session.pin.cluster == "eu-west"
     with redis_server.client() as c:
         assert c.get("georouter:s:s1").startswith("eu-west|")
+
+
+def redis_calls(redis_server: RedisServer) -> dict[str, int]:
+    with redis_server.client() as c:
+        stats = c.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+
+async def test_a_new_session_costs_one_redis_command_and_a_known_one_at_most_one(
+    make_edge: Callable[..., Edge], redis_server: RedisServer
+) -> None:
+    edge_a, _ = make_edge()
+    edge_b, _ = make_edge()
+    await edge_a.route(LONDON, "warm-up")  # Redis learns the script (NOSCRIPT, SCRIPT LOAD)
+    await edge_b.route(LONDON, "warm-up")
+    before = redis_calls(redis_server)
+    first = await edge_a.route(LONDON, "newcomer")
+    assert (first.reason, first.cluster and first.cluster.name) == (Reason.NEAREST, "eu-west")
+    after = redis_calls(redis_server)
+    # The pin script alone: no read before it (the script renews a pin it finds).
+    assert after.get("evalsha", 0) - before.get("evalsha", 0) == 1
+    assert after.get("getex", 0) == before.get("getex", 0)
+
+    # Another edge that never saw the session: the same one command finds the pin.
+    second = await edge_b.route(TOKYO, "newcomer")
+    assert (second.reason, second.cluster and second.cluster.name) == (Reason.STICKY, "eu-west")
+    assert redis_calls(redis_server).get("evalsha", 0) - after.get("evalsha", 0) == 1

@@ -86,6 +86,24 @@ async def test_first_pin_wins(store: SessionStore) -> None:
     assert read.cluster == "eu-west"
 
 
+async def test_claim_pins_an_unknown_session_and_otherwise_answers_its_pin(
+    store: SessionStore,
+) -> None:
+    first, made = await store.claim("s1", "eu-west")
+    assert (first.cluster, made) == ("eu-west", True)
+    again, made = await store.claim("s1", "ap-sydney")
+    assert (again.cluster, again.pinned_at_ms, made) == ("eu-west", first.pinned_at_ms, False)
+    await store.forget("s1")
+    renewed, made = await store.claim("s1", "ap-sydney")  # forgotten: a new session
+    assert (renewed.cluster, made) == ("ap-sydney", True)
+
+
+async def test_concurrent_claims_all_get_one_cluster_and_one_maker(store: SessionStore) -> None:
+    results = await asyncio.gather(*(store.claim("s1", f"c{i}") for i in range(20)))
+    assert len({pin.cluster for pin, _ in results}) == 1
+    assert sum(made for _, made in results) == 1
+
+
 async def test_replace_only_what_was_expected(store: SessionStore) -> None:
     first = await store.pin("s1", "eu-west", replacing=None)
     stale = await store.pin("s1", "us-east", replacing="ap-sydney")

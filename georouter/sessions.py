@@ -291,7 +291,7 @@ class RedisSessionStore:
         """One command, in the shared pipeline when there is one."""
         if self._pipeline is None:
             return await self._call(lambda: self._client.execute_command(*command))
-        reply = await self._call(lambda: self._pipeline.submit(*command))  # type: ignore[union-attr]
+        reply = await self._call(lambda: self._pipeline.execute(*command))  # type: ignore[union-attr]
         if isinstance(reply, BaseException):
             if isinstance(reply, RedisError | OSError | TimeoutError):
                 raise StoreUnavailable(f"{type(reply).__name__}: {reply}") from reply

@@ -1,4 +1,4 @@
-"""Commands of one event-loop turn go to a real Redis as one pipeline; errors stay per command."""
+"""Commands asked for together go to a real Redis as one pipeline; errors stay per command."""
 
 from __future__ import annotations
 
@@ -22,13 +22,18 @@ pytestmark = pytest.mark.anyio
 
 
 class CountingRedis(aioredis.Redis):
-    """A real client that counts the pipelines it sends."""
+    """A real client that counts what it sends: pipelines, and commands sent alone."""
 
     pipelines = 0
+    alone = 0
 
     def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
         self.pipelines += 1
         return super().pipeline(transaction=transaction, shard_hint=shard_hint)
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.alone += 1
+        return await super().execute_command(*args, **options)
 
 
 @pytest.fixture
@@ -40,37 +45,47 @@ async def client(redis_server: RedisServer) -> AsyncIterator[CountingRedis]:
     await c.aclose()
 
 
-async def test_commands_asked_in_one_turn_go_out_as_one_pipeline(client: CountingRedis) -> None:
+async def test_commands_asked_while_one_is_in_flight_go_out_as_one_pipeline(
+    client: CountingRedis,
+) -> None:
     await client.mset({f"k{i}": f"v{i}" for i in range(100)})
     pipeline = AutoPipeline(client, deadline_s=2)
-    replies = await asyncio.gather(*(pipeline.submit("GET", f"k{i}") for i in range(100)))
+    replies = await asyncio.gather(*(pipeline.execute("GET", f"k{i}") for i in range(100)))
     assert replies == [f"v{i}" for i in range(100)]
-    assert client.pipelines == 1
+    # The MSET, then the first GET at once (Redis was idle), then the other 99 together.
+    assert (client.alone, client.pipelines) == (2, 1)
 
 
-async def test_a_large_turn_is_split_into_bounded_pipelines(client: CountingRedis) -> None:
+async def test_a_large_batch_is_split_into_bounded_pipelines(client: CountingRedis) -> None:
     pipeline = AutoPipeline(client, deadline_s=2)
     count = MAX_BATCH * 2 + 1
-    replies = await asyncio.gather(*(pipeline.submit("ECHO", str(i)) for i in range(count)))
+    replies = await asyncio.gather(*(pipeline.execute("ECHO", str(i)) for i in range(count)))
     assert replies == [str(i) for i in range(count)]
-    assert client.pipelines == 3
+    assert (client.alone, client.pipelines) == (1, 2)
 
 
-async def test_commands_of_later_turns_go_in_later_pipelines(client: CountingRedis) -> None:
+async def test_a_command_asked_while_redis_is_idle_is_sent_at_once_alone(
+    client: CountingRedis,
+) -> None:
     pipeline = AutoPipeline(client, deadline_s=2)
-    assert await pipeline.submit("ECHO", "a") == "a"
-    assert await pipeline.submit("ECHO", "b") == "b"
-    assert client.pipelines == 2
+    assert await pipeline.execute("ECHO", "a") == "a"
+    assert await pipeline.execute("ECHO", "b") == "b"
+    assert (client.pipelines, client.alone) == (0, 2)
+    await client.hset("h", "f", "v")
+    assert isinstance(await pipeline.execute("GET", "h"), ResponseError)  # answered, not raised
 
 
 async def test_a_command_redis_refuses_fails_alone(client: CountingRedis) -> None:
     await client.hset("h", "f", "v")
     await client.set("s", "ok")
     pipeline = AutoPipeline(client, deadline_s=2)
-    wrong, right = await asyncio.gather(pipeline.submit("GET", "h"), pipeline.submit("GET", "s"))
+    wrong, right, also = await asyncio.gather(
+        pipeline.submit("GET", "h"), pipeline.submit("GET", "s"), pipeline.execute("GET", "h")
+    )
     assert isinstance(wrong, ResponseError)
     assert "WRONGTYPE" in str(wrong)
     assert right == "ok"
+    assert isinstance(also, ResponseError)
 
 
 async def test_a_hung_redis_answers_every_waiting_command_with_an_error_by_the_deadline(
@@ -80,14 +95,14 @@ async def test_a_hung_redis_answers_every_waiting_command_with_an_error_by_the_d
     redis_server.pause()
     try:
         started = time.monotonic()
-        replies = await asyncio.gather(*(pipeline.submit("ECHO", str(i)) for i in range(10)))
+        replies = await asyncio.gather(*(pipeline.execute("ECHO", str(i)) for i in range(10)))
         waited = time.monotonic() - started
     finally:
         redis_server.resume()
     assert all(isinstance(r, Exception) for r in replies), replies
     assert waited < 0.3 + 1.0  # the deadline, with a generous margin for a loaded machine
     # The connection that timed out is not reused half-read: the next command is answered.
-    assert await pipeline.submit("ECHO", "after") == "after"
+    assert await pipeline.execute("ECHO", "after") == "after"
 
 
 async def test_a_caller_that_stops_waiting_does_not_disturb_the_others(

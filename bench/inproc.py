@@ -20,9 +20,10 @@ from georouter.clientip import parse_address
 from georouter.config import load, parse
 from georouter.geo import GeoDatabase, bundled_database
 from georouter.metrics import Metrics
+from georouter.redisclient import make_client, make_subscriber
 from georouter.router import AssumeAllUp, Router
 from georouter.sessionmap import SessionMap
-from georouter.sessions import RedisSessionStore, make_client, make_subscriber
+from georouter.sessions import RedisSessionStore
 from tests.harness import REPO
 
 

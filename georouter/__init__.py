@@ -21,7 +21,9 @@ enforces it, see pyproject.toml)::
                         cluster, the health board shared by worker processes
     sessions | embedded Redis session store (GETEX, Lua pin script) | the
                         private redis-server of the embedded default
-    pipelining          Redis commands of one event-loop turn as one pipeline
+    pipelining | redisclient
+                        Redis commands asked for together as one pipeline |
+                        Redis clients (standalone, Sentinel, Cluster) from a URL
     policy | health | clientip | metrics | openapi | pins | breaker | sessionid
                         pure: ranking, health transitions, client-IP rules,
                         counters, the API description, pins and caches of

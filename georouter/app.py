@@ -32,10 +32,11 @@ from georouter.config import Config
 from georouter.geo import GeoDatabase
 from georouter.metrics import Metrics
 from georouter.monitor import HealthMonitor
+from georouter.redisclient import make_client, make_subscriber
 from georouter.router import Router
 from georouter.sessionid import CookieSigner
 from georouter.sessionmap import SessionMap
-from georouter.sessions import RedisSessionStore, make_client, make_subscriber
+from georouter.sessions import RedisSessionStore
 from georouter.web import JSON, ApiError, HealthSource, Services
 
 log = logging.getLogger(__name__)

@@ -24,6 +24,7 @@ from georouter.embedded import EmbeddedRedis, EmbeddedRedisError
 from georouter.errors import ConfigError, GeoDatabaseError, Problem
 from georouter.geo import GeoDatabase
 from georouter.metrics import Metrics
+from georouter.redisclient import check_target
 from georouter.redisurl import RedisMode, RedisTarget
 from georouter.router import AssumeAllUp, Router
 from georouter.server import (
@@ -36,7 +37,6 @@ from georouter.server import (
     url_of,
 )
 from georouter.sessionid import CookieSigner
-from georouter.sessions import check_target
 from georouter.supervisor import Supervisor, run_loop
 
 log = logging.getLogger("georouter")

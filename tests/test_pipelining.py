@@ -13,8 +13,9 @@ from redis.exceptions import ResponseError
 
 from georouter.metrics import Metrics
 from georouter.pipelining import MAX_BATCH, AutoPipeline
+from georouter.redisclient import make_client
 from georouter.sessionmap import SessionMap
-from georouter.sessions import RedisSessionStore, make_client
+from georouter.sessions import RedisSessionStore
 from tests.redis_harness import RedisServer
 from tests.test_sessions_contract import session_settings
 

@@ -21,9 +21,10 @@ from redis.cluster import RedisCluster as SyncRedisCluster
 from georouter.config import SessionSettings, parse
 from georouter.metrics import Metrics
 from georouter.pins import Pin
+from georouter.redisclient import make_client
 from georouter.redisurl import RedisMode
 from georouter.sessionmap import SessionMap
-from georouter.sessions import RedisSessionStore, make_client
+from georouter.sessions import RedisSessionStore
 from georouter.standin import StandIn
 from tests.harness import FAST_HEALTH, SITES, Edge, cluster_entries, config_text, wait_for
 from tests.redis_harness import RedisClusterSet, SentinelSet

@@ -12,9 +12,10 @@ from georouter.config import Config, parse
 from georouter.geo import GeoDatabase
 from georouter.metrics import Metrics
 from georouter.policy import Reason
+from georouter.redisclient import make_client
 from georouter.router import Router
 from georouter.sessionmap import SessionMap
-from georouter.sessions import RedisSessionStore, make_client
+from georouter.sessions import RedisSessionStore
 from tests.harness import SITES, TEST_CITY_DB
 from tests.redis_harness import RedisServer
 

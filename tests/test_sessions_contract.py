@@ -13,12 +13,8 @@ import pytest
 
 from georouter.config import SessionSettings, parse
 from georouter.pins import Pin
-from georouter.sessions import (
-    LocalSessionStore,
-    RedisSessionStore,
-    SessionStore,
-    make_client,
-)
+from georouter.redisclient import make_client
+from georouter.sessions import LocalSessionStore, RedisSessionStore, SessionStore
 from tests.redis_harness import RedisServer
 
 pytestmark = pytest.mark.anyio

@@ -43,12 +43,12 @@ class AutoPipeline:
         self._sending: set[asyncio.Task[None]] = set()
 
     async def execute(self, *command: Any) -> Any:
+        """The command's reply (or error). The caller bounds how long it waits."""
         if self._in_flight or self._queued:
             return await self.submit(*command)
         self._in_flight += 1
         try:
-            async with asyncio.timeout(self._deadline_s):
-                return await self._client.execute_command(*command)
+            return await self._client.execute_command(*command)
         except Exception as exc:  # noqa: BLE001 - answered, as a queued command's would be
             return exc
         finally:

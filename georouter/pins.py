@@ -123,6 +123,9 @@ class NearCache:
         # busy session never expires here and its Redis TTL keeps sliding.
         self._refresh_within_ms = ttl_ms // 2
         self._due: dict[str, None] = {}  # an ordered set
+        # Read since the last eviction: spared by the next one (a second chance), so
+        # a burst of new sessions does not push out the sessions in use.
+        self._used: set[str] = set()
         self._seq = 0
         self._floor = 0
         self._invalidated_at: dict[str, int] = {}
@@ -137,6 +140,7 @@ class NearCache:
         self.active = False
         self._entries.clear()
         self._due.clear()
+        self._used.clear()
         self._seq += 1
         self._floor = self._seq
 
@@ -154,6 +158,7 @@ class NearCache:
             return None
         if expires_at - now_ms < self._refresh_within_ms:
             self._due[session_id] = None
+        self._used.add(session_id)
         return Pin(cluster, pinned_at_ms, ttl_ms)
 
     def take_due(self, limit: int) -> list[str]:
@@ -183,17 +188,34 @@ class NearCache:
         )
 
     def _evict_oldest(self) -> None:
-        """Drop the eighth of the entries read longest ago (in one go: dropping the
-        oldest entry one at a time from a dict costs a scan over the holes it leaves)."""
+        """Drop an eighth of the entries: the oldest not read since the last eviction.
+
+        One read since then earns an entry a second chance (it moves to the newest
+        end), as in the CLOCK page-replacement policy. In one go, since dropping
+        the oldest entry of a dict one at a time costs a scan over the holes it leaves.
+        """
         count = max(1, self.capacity // 8)
+        for session_id in list(self._entries):
+            if not count:
+                break
+            if session_id in self._used:
+                self._entries[session_id] = self._entries.pop(session_id)
+            else:
+                self._drop(session_id)
+                count -= 1
+        self._used.clear()
         for session_id in list(itertools.islice(self._entries, count)):
-            del self._entries[session_id]
-            self._due.pop(session_id, None)
+            self._drop(session_id)  # every entry was in use: the oldest go all the same
+
+    def _drop(self, session_id: str) -> None:
+        del self._entries[session_id]
+        self._due.pop(session_id, None)
 
     def invalidate(self, session_id: str) -> None:
         self._seq += 1
         self._entries.pop(session_id, None)
         self._due.pop(session_id, None)
+        self._used.discard(session_id)
         if len(self._invalidated_at) >= self._HISTORY_LIMIT:
             self._invalidated_at.clear()
             self._floor = self._seq

@@ -143,19 +143,50 @@ def test_near_cache_is_bounded() -> None:
         assert len(near) <= 3
 
 
-def test_a_full_near_cache_drops_the_sessions_read_longest_ago() -> None:
+def test_a_full_near_cache_drops_the_oldest_sessions_not_in_use() -> None:
     from georouter.pins import NearCache
 
     near = NearCache(capacity=16, ttl_ms=1000)
     near.activate()
     for i in range(16):
         near.put(f"s{i}", Pin("c", 0), now_ms=0, mark=near.mark())
-    near.put("s0", Pin("c", 0), now_ms=1, mark=near.mark())  # read again: now the newest
+    near.put("s0", Pin("c", 0), now_ms=1, mark=near.mark())  # read again from Redis: newest
+    assert near.get("s1", now_ms=1) is not None  # in use: spared once
     near.put("new", Pin("c", 0), now_ms=2, mark=near.mark())
     kept = {f"s{i}" for i in range(16) if near.get(f"s{i}", now_ms=3) is not None}
-    # An eighth (2 of 16) went, the two read longest ago; s0 was read again and stays.
-    assert kept == {"s0"} | {f"s{i}" for i in range(3, 16)}
+    # An eighth (2 of 16) went: the two oldest not used since they were cached.
+    assert kept == {f"s{i}" for i in range(16)} - {"s2", "s3"}
     assert near.get("new", now_ms=3) is not None
+
+
+def test_a_burst_of_new_sessions_does_not_push_out_the_sessions_in_use() -> None:
+    from georouter.pins import NearCache
+
+    near = NearCache(capacity=80, ttl_ms=10_000)
+    near.activate()
+    for i in range(10):
+        near.put(f"busy{i}", Pin("c", 0), now_ms=0, mark=near.mark())
+    for n in range(1000):
+        for i in range(10):  # every busy session is read between evictions
+            if n % 5 == 0:
+                assert near.get(f"busy{i}", now_ms=1) is not None
+        near.put(f"new{n}", Pin("c", 0), now_ms=1, mark=near.mark())
+    assert all(near.get(f"busy{i}", now_ms=2) is not None for i in range(10))
+    assert len(near) <= 80
+
+
+def test_when_every_session_is_in_use_the_oldest_still_make_room() -> None:
+    from georouter.pins import NearCache
+
+    near = NearCache(capacity=8, ttl_ms=1000)
+    near.activate()
+    for i in range(8):
+        near.put(f"s{i}", Pin("c", 0), now_ms=0, mark=near.mark())
+        near.get(f"s{i}", now_ms=0)
+    near.put("new", Pin("c", 0), now_ms=1, mark=near.mark())
+    assert near.get("s0", now_ms=1) is None
+    assert near.get("new", now_ms=1) is not None
+    assert len(near) == 8
 
 
 def test_near_cache_lists_pins_in_use_past_half_their_life_as_due() -> None:

@@ -70,6 +70,7 @@ def machine() -> dict[str, Any]:
         "httptools",
         "uvloop",
         "redis",
+        "hiredis",
         "maxminddb",
         "orjson",
         "httpx",

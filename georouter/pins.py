@@ -154,7 +154,7 @@ class NearCache:
             return None
         cluster, pinned_at_ms, ttl_ms, expires_at = entry
         if expires_at <= now_ms:
-            del self._entries[session_id]
+            self._drop(session_id)
             return None
         if expires_at - now_ms < self._refresh_within_ms:
             self._due[session_id] = None
@@ -178,6 +178,7 @@ class NearCache:
             return  # changed while we were reading it
         # Re-inserted, so the order of entries is the order of their last read.
         self._entries.pop(session_id, None)
+        self._due.pop(session_id, None)  # read just now: not due any more
         if len(self._entries) >= self.capacity:
             self._evict_oldest()
         self._entries[session_id] = (
@@ -210,6 +211,7 @@ class NearCache:
     def _drop(self, session_id: str) -> None:
         del self._entries[session_id]
         self._due.pop(session_id, None)
+        self._used.discard(session_id)
 
     def invalidate(self, session_id: str) -> None:
         self._seq += 1

@@ -194,7 +194,7 @@ class SessionMap:
         self, session_id: str, cluster: str, replacing: str | None
     ) -> tuple[Outcome, bool]:
         if self.breaker.allows:
-            mark = self.near.mark()
+            mark = self._changing(session_id)
             try:
                 if replacing is None:
                     pin, made = await self.store.claim(session_id, cluster)
@@ -221,6 +221,15 @@ class SessionMap:
         self.near.invalidate(session_id)
         self._queue(session_id, pin, replacing, WriteBack.PIN)
         return Outcome(pin, degraded=True), True
+
+    def _changing(self, session_id: str) -> int:
+        """Before this edge changes a pin: drop its copy and record the change (the
+        edge ignores its own announcements), so a read of the session begun before,
+        such as a background refresh still in flight, cannot put the older pin back.
+        The mark to remember the outcome with: a change another edge announces
+        meanwhile still keeps it out of the near cache."""
+        self.near.invalidate(session_id)
+        return self.near.mark()
 
     def remembers(self, session_id: str) -> bool:
         """Whether this edge's memory holds a pin for the session (Redis may have lost it)."""
@@ -254,6 +263,8 @@ class SessionMap:
         written = 0
         while self.pending and self.breaker.allows:
             batch = list(self.pending.items())[:WRITE_BACK_BATCH]
+            for sid, _ in batch:
+                self.near.invalidate(sid)  # as _changing does, for the whole batch
             mark = self.near.mark()
             results = await asyncio.gather(
                 *(

@@ -124,6 +124,16 @@ class SessionStore(Protocol):
         """The pin and its TTL left, without refreshing it."""
 
 
+def _checked(reply: Any) -> Any:
+    """A pipelined reply, or the error it stands for raised (as StoreUnavailable
+    when it means Redis could not answer)."""
+    if isinstance(reply, BaseException):
+        if isinstance(reply, RedisError | OSError | TimeoutError):
+            raise StoreUnavailable(f"{type(reply).__name__}: {reply}") from reply
+        raise reply
+    return reply
+
+
 class RedisSessionStore:
     """The session map in Redis (standalone, Sentinel or Cluster)."""
 
@@ -187,27 +197,28 @@ class RedisSessionStore:
         """One command, in the shared pipeline when there is one."""
         if self._pipeline is None:
             return await self._call(lambda: self._client.execute_command(*command))
-        reply = await self._call(lambda: self._pipeline.execute(*command))  # type: ignore[union-attr]
-        if isinstance(reply, BaseException):
-            if isinstance(reply, RedisError | OSError | TimeoutError):
-                raise StoreUnavailable(f"{type(reply).__name__}: {reply}") from reply
-            raise reply
-        return reply
+        pipeline = self._pipeline
+        return _checked(await self._call(lambda: pipeline.execute(*command)))
 
     async def _script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """``EVALSHA``, loading the script once if Redis does not know it (it
-        restarted, or failed over to a replica that never saw it)."""
+        restarted, or failed over to a replica that never saw it), all within
+        one call's deadline."""
         if self._pipeline is None:
             return await self._call(lambda: script(keys=keys, args=args))
-        try:
-            return await self._command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except StoreUnavailable as exc:
-            if not isinstance(exc.__cause__, NoScriptError):
-                raise
-        # Through the pipeline too: every request that met NOSCRIPT in one turn
-        # loads it in one pipeline, instead of each taking a connection of its own.
-        await self._command("SCRIPT LOAD", script.script)
-        return await self._command("EVALSHA", script.sha, len(keys), *keys, *args)
+        pipeline = self._pipeline
+        evalsha = ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+        async def run() -> Any:
+            reply = await pipeline.execute(*evalsha)
+            if isinstance(reply, NoScriptError):
+                # Through the pipeline too: every request that met NOSCRIPT together
+                # loads it in one pipeline, instead of each on a connection of its own.
+                _checked(await pipeline.execute("SCRIPT LOAD", script.script))
+                reply = await pipeline.execute(*evalsha)
+            return reply
+
+        return _checked(await self._call(run))
 
     def _alive(self, raw: str | None) -> Pin | None:
         if raw is None:

@@ -224,3 +224,18 @@ def test_near_cache_takes_due_sessions_in_bounded_batches_and_forgets_invalidate
     near.get("s0", now_ms=600)
     near.deactivate()  # nothing cached any more, so nothing to refresh
     assert near.take_due(10) == []
+
+
+def test_a_refreshed_pin_is_not_due_again_and_an_expired_one_is_forgotten() -> None:
+    from georouter.pins import NearCache
+
+    near = NearCache(capacity=10, ttl_ms=1000)
+    near.activate()
+    near.put("busy", Pin("c", 0), now_ms=0, mark=near.mark())
+    near.get("busy", now_ms=600)  # due...
+    near.put("busy", Pin("c", 0), now_ms=650, mark=near.mark())  # ...and refreshed meanwhile
+    assert near.take_due(10) == []
+    near.put("gone", Pin("c", 0), now_ms=0, mark=near.mark())
+    near.get("gone", now_ms=600)
+    assert near.get("gone", now_ms=1000) is None  # expired here before its refresh ran
+    assert near.take_due(10) == []  # so there is nothing to refresh

@@ -10,6 +10,7 @@ import pytest
 
 from georouter.breaker import BreakerState
 from georouter.metrics import Metrics
+from georouter.pins import Pin
 from georouter.redisclient import make_client
 from georouter.sessionmap import SessionMap
 from georouter.sessions import RedisSessionStore
@@ -482,3 +483,67 @@ async def test_a_session_gone_from_redis_is_restored_after_its_refresh(
         assert outcome.pin.cluster == "ap-sydney"
         with redis_server.client() as c:
             assert c.get("georouter:s:kept").startswith("ap-sydney|")
+
+
+class LateRefreshStore(RedisSessionStore):
+    """A real store whose refresh replies arrive only when ``arrive`` is set (the
+    refresh has read Redis; its answer is still on the wire)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.arrive = asyncio.Event()
+        self.refreshing = asyncio.Event()
+        self.answered = asyncio.Event()
+
+    async def read_many(self, session_ids: list[str]) -> list[Pin | None]:
+        pins = await super().read_many(session_ids)
+        self.refreshing.set()
+        await self.arrive.wait()
+        # The caller handles the answer in this same step, before anyone else runs.
+        self.answered.set()
+        return pins
+
+
+async def test_a_refresh_answered_after_a_failover_does_not_bring_the_old_pin_back(
+    redis_server: RedisServer,
+) -> None:
+    import secrets
+
+    from georouter.redisclient import make_subscriber
+
+    settings = session_settings(
+        redis_server.url, command_timeout_s=TIMEOUT_S, ttl_s=10, near_cache_s=0.4
+    )
+    assert settings.redis is not None
+    store = LateRefreshStore(
+        make_client(settings.redis, settings),
+        settings,
+        origin=secrets.token_hex(4),
+        subscriber=make_subscriber(settings.redis, settings),
+    )
+    m = SessionMap(store, settings, Metrics())
+    tasks = [asyncio.create_task(m.follow_changes()), asyncio.create_task(m.refresh_near())]
+    try:
+        await until(lambda: m.near.active)
+        await m.pin("s1", "eu-west", replacing=None)
+        # In use past half its life: the background refresh reads it (eu-west)...
+        await until(lambda: m.cached("s1") is not None and store.refreshing.is_set())
+        # ...and before its answer arrives, eu-west goes down and this edge moves s1.
+        moved = await m.pin("s1", "us-east", replacing="eu-west")
+        assert moved.pin is not None
+        assert moved.pin.cluster == "us-east"
+        store.arrive.set()
+        async with asyncio.timeout(5):
+            await store.answered.wait()
+        cached = m.cached("s1")
+        assert cached is None or cached.cluster == "us-east"
+        read = await m.read("s1")
+        assert read.pin is not None
+        assert read.pin.cluster == "us-east"
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await store.close()

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from georouter.config import SessionSettings
 from georouter.metrics import Metrics
 from georouter.pipelining import MAX_BATCH, AutoPipeline
 from georouter.redisclient import make_client
@@ -126,64 +127,61 @@ async def test_a_caller_that_stops_waiting_does_not_disturb_the_others(
     assert abandoned.cancelled()
 
 
-async def test_scripts_are_loaded_again_after_redis_forgets_them(redis_server: RedisServer) -> None:
-    settings = session_settings(redis_server.url, command_timeout_s=2, connect_timeout_s=2)
-    assert settings.redis is not None
-    store = RedisSessionStore(make_client(settings.redis, settings), settings)
-    try:
-        assert (await store.pin("a", "eu-west", replacing=None)).cluster == "eu-west"
-        with redis_server.client() as c:
-            c.script_flush()  # as after a restart, or a failover to a replica
-        assert (await store.pin("b", "us-east", replacing=None)).cluster == "us-east"
-        assert [p and p.cluster for p in await store.read_many(["a", "b"])] == [
-            "eu-west",
-            "us-east",
-        ]
-    finally:
-        await store.close()
+@pytest.fixture
+def settings(redis_server: RedisServer) -> SessionSettings:
+    found = session_settings(redis_server.url, ttl_s=60, command_timeout_s=2, connect_timeout_s=2)
+    assert found.redis is not None
+    return found
 
 
-async def test_read_many_answers_in_order_and_renews_every_ttl(redis_server: RedisServer) -> None:
-    settings = session_settings(redis_server.url, ttl_s=60, command_timeout_s=2)
+@pytest.fixture
+async def store(settings: SessionSettings) -> AsyncIterator[RedisSessionStore]:
     assert settings.redis is not None
-    store = RedisSessionStore(make_client(settings.redis, settings), settings)
-    try:
-        await store.pin("one", "eu-west", replacing=None)
-        await store.pin("two", "ap-sydney", replacing=None)
-        await store.forget("gone")
-        with redis_server.client() as c:
-            c.pexpire("georouter:s:one", 5_000)
-            c.set("georouter:s:junk", "not a pin", px=5_000)
-        pins = await store.read_many(["two", "missing", "one", "gone", "junk"])
-        assert [p and p.cluster for p in pins] == ["ap-sydney", None, "eu-west", "!", None]
-        with redis_server.client() as c:
-            assert c.pttl("georouter:s:one") > 50_000  # renewed to the full 60 s
-    finally:
-        await store.close()
+    made = RedisSessionStore(make_client(settings.redis, settings), settings)
+    yield made
+    await made.close()
+
+
+async def test_scripts_are_loaded_again_after_redis_forgets_them(
+    store: RedisSessionStore, redis_server: RedisServer
+) -> None:
+    assert (await store.pin("a", "eu-west", replacing=None)).cluster == "eu-west"
+    with redis_server.client() as c:
+        c.script_flush()  # as after a restart, or a failover to a replica
+    assert (await store.pin("b", "us-east", replacing=None)).cluster == "us-east"
+    assert [p and p.cluster for p in await store.read_many(["a", "b"])] == ["eu-west", "us-east"]
+
+
+async def test_read_many_answers_in_order_and_renews_every_ttl(
+    store: RedisSessionStore, redis_server: RedisServer
+) -> None:
+    await store.pin("one", "eu-west", replacing=None)
+    await store.pin("two", "ap-sydney", replacing=None)
+    await store.forget("gone")
+    with redis_server.client() as c:
+        c.pexpire("georouter:s:one", 5_000)
+        c.set("georouter:s:junk", "not a pin", px=5_000)
+    pins = await store.read_many(["two", "missing", "one", "gone", "junk"])
+    assert [p and p.cluster for p in pins] == ["ap-sydney", None, "eu-west", "!", None]
+    with redis_server.client() as c:
+        assert c.pttl("georouter:s:one") > 50_000  # renewed to the full 60 s
 
 
 async def test_concurrent_first_requests_of_many_sessions_share_round_trips(
-    redis_server: RedisServer,
+    store: RedisSessionStore, settings: SessionSettings, redis_server: RedisServer
 ) -> None:
-    settings = session_settings(redis_server.url, command_timeout_s=2, connect_timeout_s=2)
-    assert settings.redis is not None
-    client = make_client(settings.redis, settings)
-    store = RedisSessionStore(client, settings)
     m = SessionMap(store, settings, Metrics())
     with redis_server.client() as c:
         connections_before = int(c.info("stats")["total_connections_received"])
-    try:
-        outcomes = await asyncio.gather(
-            *(m.pin(f"user{i}", "eu-west", replacing=None) for i in range(200))
-        )
-        assert all(o.pin is not None and o.pin.cluster == "eu-west" for o in outcomes)
-        reads = await asyncio.gather(*(m.read(f"user{i}") for i in range(200)))
-        assert all(r.pin is not None and r.pin.cluster == "eu-west" for r in reads)
-        with redis_server.client() as c:
-            assert len(c.keys("georouter:s:user*")) == 200
-            # 400 commands over a handful of connections (one each would have taken
-            # the whole pool of 64): they went out pipelined.
-            opened = int(c.info("stats")["total_connections_received"]) - connections_before
-            assert opened < 20
-    finally:
-        await store.close()
+    outcomes = await asyncio.gather(
+        *(m.pin(f"user{i}", "eu-west", replacing=None) for i in range(200))
+    )
+    assert all(o.pin is not None and o.pin.cluster == "eu-west" for o in outcomes)
+    reads = await asyncio.gather(*(m.read(f"user{i}") for i in range(200)))
+    assert all(r.pin is not None and r.pin.cluster == "eu-west" for r in reads)
+    with redis_server.client() as c:
+        assert len(c.keys("georouter:s:user*")) == 200
+        # 400 commands over a handful of connections (one each would have taken
+        # the whole pool of 64): they went out pipelined.
+        opened = int(c.info("stats")["total_connections_received"]) - connections_before
+        assert opened < 20

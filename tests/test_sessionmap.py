@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import pytest
 
 from georouter.breaker import BreakerState
+from georouter.config import SessionSettings
 from georouter.metrics import Metrics
 from georouter.pins import Pin
-from georouter.redisclient import make_client
+from georouter.redisclient import make_client, make_subscriber
 from georouter.sessionmap import SessionMap
 from georouter.sessions import RedisSessionStore
 from tests.harness import until
@@ -220,29 +223,33 @@ def getex_calls(redis_server: RedisServer) -> int:
         return int(c.info("commandstats").get("cmdstat_getex", {}).get("calls", 0))
 
 
+S = TypeVar("S", bound=RedisSessionStore)
+
+
+def announcing_store(
+    redis_server: RedisServer, store_class: type[S], **extra: object
+) -> tuple[S, SessionSettings]:
+    """A store of an edge of its own that announces its pin changes and hears others'."""
+    settings = session_settings(
+        redis_server.url, command_timeout_s=TIMEOUT_S, retry_interval_s=0.05, **extra
+    )
+    assert settings.redis is not None
+    store = store_class(
+        make_client(settings.redis, settings),
+        settings,
+        origin=secrets.token_hex(4),
+        subscriber=make_subscriber(settings.redis, settings),
+    )
+    return store, settings
+
+
 @pytest.fixture
 async def make_near_map(redis_server: RedisServer) -> AsyncIterator[Callable[[], SessionMap]]:
     """Session maps with a near cache kept by the pin-change channel (one per edge)."""
     maps: list[tuple[SessionMap, asyncio.Task[None]]] = []
 
     def make() -> SessionMap:
-        import secrets
-
-        from georouter.redisclient import make_subscriber
-
-        settings = session_settings(
-            redis_server.url,
-            command_timeout_s=TIMEOUT_S,
-            retry_interval_s=0.05,
-            near_cache_s=30,
-        )
-        assert settings.redis is not None
-        store = RedisSessionStore(
-            make_client(settings.redis, settings),
-            settings,
-            origin=secrets.token_hex(4),
-            subscriber=make_subscriber(settings.redis, settings),
-        )
+        store, settings = announcing_store(redis_server, RedisSessionStore, near_cache_s=30)
         m = SessionMap(store, settings, Metrics())
         maps.append((m, asyncio.create_task(m.follow_changes())))
         return m
@@ -385,27 +392,17 @@ async def test_a_failover_made_without_redis_clears_the_near_cache_copy(
 
 @contextlib.asynccontextmanager
 async def refreshing_map(
-    redis_server: RedisServer, *, ttl_s: float, near_cache_s: float, metrics: Metrics | None = None
+    redis_server: RedisServer,
+    *,
+    ttl_s: float,
+    near_cache_s: float,
+    metrics: Metrics | None = None,
+    store_class: type[RedisSessionStore] = RedisSessionStore,
 ) -> AsyncIterator[SessionMap]:
     """A session map with its near cache followed and refreshed, as an edge runs it."""
-    import secrets
-
     metrics = metrics or Metrics()
-    from georouter.redisclient import make_subscriber
-
-    settings = session_settings(
-        redis_server.url,
-        command_timeout_s=TIMEOUT_S,
-        retry_interval_s=0.05,
-        ttl_s=ttl_s,
-        near_cache_s=near_cache_s,
-    )
-    assert settings.redis is not None
-    store = RedisSessionStore(
-        make_client(settings.redis, settings),
-        settings,
-        origin=secrets.token_hex(4),
-        subscriber=make_subscriber(settings.redis, settings),
+    store, settings = announcing_store(
+        redis_server, store_class, ttl_s=ttl_s, near_cache_s=near_cache_s
     )
     m = SessionMap(store, settings, metrics)
     tasks = [asyncio.create_task(m.follow_changes()), asyncio.create_task(m.refresh_near())]
@@ -507,24 +504,11 @@ class LateRefreshStore(RedisSessionStore):
 async def test_a_refresh_answered_after_a_failover_does_not_bring_the_old_pin_back(
     redis_server: RedisServer,
 ) -> None:
-    import secrets
-
-    from georouter.redisclient import make_subscriber
-
-    settings = session_settings(
-        redis_server.url, command_timeout_s=TIMEOUT_S, ttl_s=10, near_cache_s=0.4
-    )
-    assert settings.redis is not None
-    store = LateRefreshStore(
-        make_client(settings.redis, settings),
-        settings,
-        origin=secrets.token_hex(4),
-        subscriber=make_subscriber(settings.redis, settings),
-    )
-    m = SessionMap(store, settings, Metrics())
-    tasks = [asyncio.create_task(m.follow_changes()), asyncio.create_task(m.refresh_near())]
-    try:
-        await until(lambda: m.near.active)
+    async with refreshing_map(
+        redis_server, ttl_s=10, near_cache_s=0.4, store_class=LateRefreshStore
+    ) as m:
+        store = m.store
+        assert isinstance(store, LateRefreshStore)
         await m.pin("s1", "eu-west", replacing=None)
         # In use past half its life: the background refresh reads it (eu-west)...
         await until(lambda: m.cached("s1") is not None and store.refreshing.is_set())
@@ -540,10 +524,3 @@ async def test_a_refresh_answered_after_a_failover_does_not_bring_the_old_pin_ba
         read = await m.read("s1")
         assert read.pin is not None
         assert read.pin.cluster == "us-east"
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await store.close()

@@ -35,11 +35,12 @@ from typing import Any
 from bench.inproc import decision_cost, sticky_cost
 from bench.lab import Lab, nginx_peer, sample_addresses
 from bench.load import Result, median_result, run_wrk
-from georouter.clientip import parse_address
 from georouter.config import load
-from georouter.geo import GeoDatabase
+from georouter.core.clientip import parse_address
+from georouter.geoip.database import GeoDatabase
 from georouter.metrics import Metrics
 from georouter.router import AssumeAllUp, Router
+from georouter.runtime import Runtime
 from tests.harness import REPO
 from tests.procfs import tree_cpu_seconds
 
@@ -207,7 +208,7 @@ def country_map(ips: list[str]) -> tuple[dict[str, str], str]:
     """For nginx: each country's most frequent cluster among georouter's own decisions."""
     config = load(REPO / "clusters.toml")
     geo = GeoDatabase(None, cache_networks=65536, max_age_days=30, now=time.time())
-    router = Router(config, locator=geo, health=AssumeAllUp(), metrics=Metrics())
+    router = Router(Runtime.of(config), locator=geo, health=AssumeAllUp(), metrics=Metrics())
     votes: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for ip in ips:
         decision = router.decide(parse_address(ip))

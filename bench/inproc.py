@@ -13,17 +13,19 @@ import ipaddress
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import maxminddb
 
-from georouter.clientip import parse_address
 from georouter.config import load, parse
-from georouter.geo import GeoDatabase, bundled_database
+from georouter.core.clientip import parse_address
+from georouter.geoip.database import GeoDatabase, bundled_database
 from georouter.metrics import Metrics
-from georouter.redisclient import make_client, make_subscriber
 from georouter.router import AssumeAllUp, Router
-from georouter.sessionmap import SessionMap
-from georouter.sessions import RedisSessionStore
+from georouter.runtime import Runtime
+from georouter.sessions.clients import make_client, make_subscriber
+from georouter.sessions.map import SessionMap
+from georouter.sessions.redisstore import RedisSessionStore
 from tests.harness import REPO
 
 
@@ -53,7 +55,7 @@ def decision_cost(ips: list[str], *, rounds: int = 5) -> dict[str, float]:
     config = load(REPO / "clusters.toml")
     raw = maxminddb.open_database(str(bundled_database()), maxminddb.MODE_MMAP_EXT)
     geo = GeoDatabase(None, cache_networks=65536, max_age_days=30, now=time.time())
-    router = Router(config, locator=geo, health=AssumeAllUp(), metrics=Metrics())
+    router = Router(Runtime.of(config), locator=geo, health=AssumeAllUp(), metrics=Metrics())
     try:
         cold_started = time.perf_counter()
         for ip in ips:
@@ -102,29 +104,37 @@ async def _sticky_cost(
         subscriber=make_subscriber(settings.redis, settings),
     )
     client = make_client(settings.redis, settings)
-    sessions = SessionMap(store, settings, Metrics())
-    router = Router(config, locator=geo, health=AssumeAllUp(), metrics=Metrics(), sessions=sessions)
-    follow = asyncio.create_task(sessions.follow_changes())
+    runtime = Runtime.of(config)
+
+    def router_over(sessions: SessionMap) -> Router:
+        return Router(
+            runtime, locator=geo, health=AssumeAllUp(), metrics=Metrics(), sessions=sessions
+        )
+
+    # Near cache off: every sticky decision reads Redis (and its outage memory knows
+    # every session, so it is a GETEX, not a claim).
+    far = router_over(SessionMap(store, replace(settings, near_cache_s=0), Metrics()))
+    near_map = SessionMap(store, settings, Metrics())
+    near = router_over(near_map)
     try:
         for i in range(count):  # pin every session once
-            await router.route(addresses[i % len(addresses)], f"bench-{i}")
+            await far.route(addresses[i % len(addresses)], f"bench-{i}")
         bare_us = await _best_per_op_async(
             lambda i: client.getex(f"georouter:s:bench-{i}", px=1_800_000), count, rounds
         )
-        sessions.near.deactivate()
-        follow.cancel()
         far_us = await _best_per_op_async(
-            lambda i: router.route(addresses[i % len(addresses)], f"bench-{i}"), count, rounds
+            lambda i: far.route(addresses[i % len(addresses)], f"bench-{i}"), count, rounds
         )
-        follow = asyncio.create_task(sessions.follow_changes())
-        async with asyncio.timeout(10):
-            while not sessions.near.active:  # noqa: ASYNC110 - polled with a deadline
-                await asyncio.sleep(0.01)
-        near_us = await _best_per_op_async(
-            lambda i: router.route(addresses[i % len(addresses)], f"bench-{i}"), count, rounds
-        )
+        async with asyncio.TaskGroup() as tg:
+            follow = tg.create_task(near_map.follow_changes())
+            async with asyncio.timeout(10):
+                while not near_map.status().near_cache_on:  # noqa: ASYNC110 - with a deadline
+                    await asyncio.sleep(0.01)
+            near_us = await _best_per_op_async(
+                lambda i: near.route(addresses[i % len(addresses)], f"bench-{i}"), count, rounds
+            )
+            follow.cancel()
     finally:
-        follow.cancel()
         await client.aclose()
         await store.close()
         geo.close()

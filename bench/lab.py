@@ -17,8 +17,8 @@ import maxminddb
 import redis
 
 from georouter.config import load
-from georouter.geo import bundled_database
-from georouter.standin import StandIn
+from georouter.demo.standin import StandIn
+from georouter.geoip.database import bundled_database
 from tests.harness import REPO, Edge, config_text, start_edge, wait_for
 from tests.redis_harness import RedisServer, free_port
 

@@ -6,34 +6,39 @@ through a session map in Redis shared by every edge. The map of the package,
 top to bottom; a module imports only from layers below it (``import-linter``
 enforces it, see pyproject.toml)::
 
-    cli                 the `georouter` command: check, serve, route, demo
-    demo | supervisor   stand-ins + an edge on one machine | N workers + 1 prober
-    server              Hypercorn or Uvicorn on a socket we bind ourselves
-    app                 the ASGI app; its lifespan owns every service;
-                        GET /v1/route bypasses Starlette (FastRoute)
-    api | admin         the routing API and operator endpoints | session admin
-    web                 what handlers share: services, JSON errors, parsing
-    router              client (+ session) -> Decision: locate, rank, pin
-    sessionmap | geo | monitor | standin | board
-                        I/O adapters: the session map as the router sees it
-                        (breaker, local memory, near cache, write-back), the
-                        GeoIP database, active health probes, a stand-in
-                        cluster, the health board shared by worker processes
-    sessions | embedded Redis session store (GETEX, Lua pin script) | the
-                        private redis-server of the embedded default
-    pipelining | redisclient
-                        Redis commands asked for together as one pipeline |
-                        Redis clients (standalone, Sentinel, Cluster) from a URL
-    policy | health | clientip | metrics | openapi | pins | breaker | sessionid
-                        pure: ranking, health transitions, client-IP rules,
-                        counters, the API description, pins and caches of
-                        them, the circuit breaker, session ids and cookies
-    location            the Location value
-    config | redisurl   clusters.toml -> frozen, validated dataclasses
-    errors              the exception tree
+    cli             the `georouter` command: check, serve, route, demo
+    demo/           run: stand-in clusters + an edge on one machine; standin: a cluster
+    serve/          server: Hypercorn or Uvicorn on a socket we bind; supervisor: N
+                    workers + 1 prober process
+    http/           app: the ASGI app, its lifespan owns every service, GET /v1/route
+                    bypasses Starlette; routing: the routing API; status: clusters,
+                    healthz, readyz, metrics, OpenAPI; admin: session admin;
+                    common: what handlers share; openapi: the API description
+    router          locate -> rank -> resolve the session: plain orchestration
+    runtime         the runtime snapshot: config + everything derived from it, one
+                    value per request, swapped whole (``Router.swap``)
+    sessions/ | geoip/ | probes/
+                    I/O behind small classes:
+                    sessions: map (the one question the router asks: near cache,
+                    Redis, outage memory, write-back, breaker), store (the store
+                    protocol), redisstore + scripts (Redis and its Lua pin rule),
+                    pipelining, deadline (a Redis deadline blind to our own lag),
+                    clients, embedded (the private redis-server), nearcache,
+                    outage, ids (session ids, signed cookies);
+                    geoip: database (MaxMind DB lookups, cached per network);
+                    probes: active (health probes), board (health shared by workers)
+    core/           pure: clientip, location, health (transitions), pin (the pin
+                    value and the pin rule), breaker, policy (ranking), decision
+    config/         model (frozen dataclasses), parse (clusters.toml, every problem
+                    with its key path), redisurl
+    metrics         counters and their Prometheus text
+    errors          the one exception tree
 
-The pure modules import no I/O library: they take plain values and return
-plain values, so most tests are tables of cases.
+The core imports no I/O library, no clock, no randomness: it takes plain values
+and returns plain values, so most tests are tables of cases. Where a feature
+lands: the data path in a ``proxy`` package beside ``http``; passive health in
+``probes``; traffic policy (residency, bias, spill, failback) as modules of
+``core``; hot reload beside ``runtime``.
 """
 
 __version__ = "0.1.0"

@@ -16,28 +16,28 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from georouter import demo
-from georouter.app import create_app
-from georouter.clientip import IPAddress, parse_address
 from georouter.config import Config, load
-from georouter.embedded import EmbeddedRedis, EmbeddedRedisError
-from georouter.errors import ConfigError, GeoDatabaseError, Problem
-from georouter.geo import GeoDatabase
+from georouter.config.redisurl import RedisMode, RedisTarget
+from georouter.core.clientip import IPAddress, parse_address
+from georouter.demo import run as demo
+from georouter.errors import ConfigError, EmbeddedRedisError, ListenError, Problem, UsageError
+from georouter.geoip.database import DatabaseInfo, GeoDatabase
+from georouter.http.app import create_app
 from georouter.metrics import Metrics
-from georouter.redisclient import check_target
-from georouter.redisurl import RedisMode, RedisTarget
 from georouter.router import AssumeAllUp, Router
-from georouter.server import (
+from georouter.runtime import Runtime
+from georouter.serve.server import (
     ListenAddress,
-    ListenError,
     ServerKind,
     configure_logging,
     serve,
     stop_on_signals,
     url_of,
 )
-from georouter.sessionid import CookieSigner
-from georouter.supervisor import Supervisor, run_loop
+from georouter.serve.supervisor import Supervisor, run_loop
+from georouter.sessions.clients import check_target
+from georouter.sessions.embedded import EmbeddedRedis
+from georouter.sessions.ids import CookieSigner
 
 log = logging.getLogger("georouter")
 
@@ -50,28 +50,22 @@ def _config_path(value: str | None) -> Path:
 
 
 def open_database(config: Config) -> GeoDatabase:
-    """The configured GeoIP database, or a ConfigError naming ``geoip.database``."""
-    try:
-        return GeoDatabase(
-            config.geoip.database,
-            cache_networks=config.geoip.cache_networks,
-            max_age_days=config.geoip.max_age_days,
-            now=time.time(),
-        )
-    except GeoDatabaseError as exc:
-        raise ConfigError([Problem("geoip.database", str(exc))]) from exc
+    return GeoDatabase.configured(config.geoip, now=time.time())
 
 
-def load_checked(path: Path) -> Config:
-    """Load the config and prove that its GeoIP database opens and its Redis URL is usable."""
+def load_checked(path: Path) -> tuple[Config, DatabaseInfo]:
+    """Load the config and prove that its GeoIP database opens and its Redis URL is
+    usable; the database's description."""
     config = load(path)
-    open_database(config).close()
+    db = open_database(config)
+    info = db.info
+    db.close()
     if config.sessions.redis is not None:
         try:
             check_target(config.sessions.redis)
         except ValueError as exc:
             raise ConfigError([Problem("sessions.redis_url", str(exc))]) from exc
-    return config
+    return config, info
 
 
 def _report(path: Path, exc: ConfigError) -> int:
@@ -84,12 +78,9 @@ def _report(path: Path, exc: ConfigError) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     try:
-        config = load_checked(path)
-        db = open_database(config)
+        config, info = load_checked(path)
     except ConfigError as exc:
         return _report(path, exc)
-    info = db.info
-    db.close()
     print(f"{path}: ok: {len(config.clusters)} clusters, fallback {config.router.fallback}")
     built = time.strftime("%Y-%m-%d", time.gmtime(info.build_epoch))
     print(f"GeoIP: {info.database_type} built {built} ({info.path})")
@@ -99,10 +90,6 @@ def cmd_check(args: argparse.Namespace) -> int:
             " install a current GeoIP2/GeoLite2 City database for accurate locations"
         )
     return 0
-
-
-class UsageError(Exception):
-    """A bad argument or environment variable; the message names it."""
 
 
 def _env_secrets() -> tuple[str | None, CookieSigner | None]:
@@ -141,7 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     path = _config_path(args.config)
     try:
-        config = load_checked(path)
+        config, _ = load_checked(path)
     except ConfigError as exc:
         return _report(path, exc)
     try:
@@ -211,7 +198,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _report(path, exc)
     try:
-        router = Router(config, locator=db, health=AssumeAllUp(), metrics=Metrics())
+        router = Router(Runtime.of(config), locator=db, health=AssumeAllUp(), metrics=Metrics())
         decisions = [router.decide(ip).as_json(explain=args.explain) for ip in args.addresses]
     finally:
         db.close()
@@ -233,7 +220,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     configure_logging("warning")
     path = _config_path(args.config)
     try:
-        config = load_checked(path)
+        config, _ = load_checked(path)
     except ConfigError as exc:
         return _report(path, exc)
     try:

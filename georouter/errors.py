@@ -3,11 +3,17 @@
     GeorouterError
     ├── ConfigError            the configuration (or a file it names) is invalid;
     │                          carries every problem, each with its key path
-    └── GeoDatabaseError       a GeoIP database cannot be opened or is not City/Country
+    ├── GeoDatabaseError       a GeoIP database cannot be opened or is not City/Country
+    ├── StoreUnavailable       the session store (Redis) did not answer in time
+    ├── EmbeddedRedisError     the private redis-server could not be started
+    ├── ListenError            a listen address cannot be parsed or bound
+    ├── UsageError             a bad command-line argument or environment variable
+    └── ApiError               an HTTP request the API refuses: a status and a JSON body
 
-Adapters translate foreign errors (``maxminddb``, ``httpx``, ``OSError``) into
-these at their boundary with ``raise ... from exc``; nothing above an adapter
-catches a foreign exception.
+Adapters translate foreign errors into these once, at their boundary, with
+``raise ... from exc``: ``maxminddb`` in ``geoip``, redis-py in
+``sessions.redisstore.unavailable``, ``OSError`` of sockets in ``serve``.
+Nothing above an adapter catches a foreign exception.
 """
 
 from __future__ import annotations
@@ -40,3 +46,37 @@ class ConfigError(GeorouterError):
 
 class GeoDatabaseError(GeorouterError):
     """A GeoIP database file cannot be used."""
+
+
+class StoreUnavailable(GeorouterError):
+    """The session store could not answer in time (down, hung, failing over)."""
+
+
+class EmbeddedRedisError(GeorouterError):
+    """The private redis-server could not be started."""
+
+
+class ListenError(GeorouterError, ValueError):
+    """A ``--listen`` value that cannot be bound; the message says why."""
+
+
+class UsageError(GeorouterError):
+    """A bad argument or environment variable; the message names it."""
+
+
+class ApiError(GeorouterError):
+    """An error answered as ``{"error": code, "message": ..., **extra}``."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: object,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers
+        self.body: dict[str, object] = {"error": code, "message": message, **extra}

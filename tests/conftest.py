@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from georouter.standin import StandIn
+from georouter.demo.standin import StandIn
 from tests.harness import Edge, start_edge
 from tests.redis_harness import RedisClusterSet, RedisServer, SentinelSet
 

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import httpx
 
-from georouter.standin import StandIn
+from georouter.demo.standin import StandIn
 
 REPO = Path(__file__).resolve().parent.parent
 GEODATA = REPO / "geodata"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from georouter.embedded import redis_server_binary
+from georouter.sessions.embedded import redis_server_binary
 from tests.harness import wait_for
 
 

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from georouter.app import create_app
 from georouter.config import parse
-from georouter.standin import StandIn
+from georouter.demo.standin import StandIn
+from georouter.http.app import create_app
 from tests.harness import FAST_HEALTH, TEST_CITY_DB, cluster_entries
 
 pytestmark = pytest.mark.anyio

@@ -8,9 +8,9 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
-from georouter.board import HealthBoard
 from georouter.config import Cluster
-from georouter.health import HealthState, Status
+from georouter.core.health import HealthState, Status
+from georouter.probes.board import HealthBoard
 
 NAMES = ("eu-west", "us-east", "ap-sydney")
 

@@ -33,14 +33,14 @@ import re
 
 import pytest
 
-from georouter.clientip import (
+from georouter.config import ClientIpHeader
+from georouter.core.clientip import (
     IPAddress,
     TrustRule,
     parse_address,
     parse_forwarded_node,
     parse_xff_entry,
 )
-from georouter.config import ClientIpHeader
 
 ip = ipaddress.ip_address
 

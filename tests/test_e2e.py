@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from georouter.standin import StandIn
+from georouter.demo.standin import StandIn
 from tests.harness import FAST_HEALTH, Edge, cluster_entries, config_text, wait_for
 
 NAMES = (

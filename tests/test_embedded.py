@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from georouter.embedded import EmbeddedRedis, EmbeddedRedisError, redis_server_binary
-from georouter.standin import StandIn
+from georouter.demo.standin import StandIn
+from georouter.sessions.embedded import EmbeddedRedis, EmbeddedRedisError, redis_server_binary
 from tests.harness import (
     FAST_HEALTH,
     Edge,

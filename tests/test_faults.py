@@ -26,7 +26,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from georouter.standin import StandIn
+from georouter.core.pin import Pin
+from georouter.demo.standin import StandIn
 from tests.harness import FAST_HEALTH, SITES, Edge, cluster_entries, config_text, wait_for
 from tests.redis_harness import RedisServer
 
@@ -87,12 +88,13 @@ def new_sessions(tag: str, n: int) -> list[str]:
 
 
 def redis_pins(redis_server: RedisServer, sessions: list[str]) -> dict[str, str | None]:
-    """The cluster Redis holds for each session (values are ``<cluster>|<pinned at ms>``)."""
+    """The cluster Redis holds for each session."""
     with redis_server.client() as r:
         raws = r.mget([KEY_PREFIX + s for s in sessions])
     out: dict[str, str | None] = {}
     for session, raw in zip(sessions, raws, strict=True):
-        out[session] = None if raw is None else str(raw).rpartition("|")[0]
+        pin = None if raw is None else Pin.decode(str(raw))
+        out[session] = None if pin is None else pin.cluster
     return out
 
 
@@ -464,4 +466,32 @@ def test_150_concurrent_requests_during_a_one_second_stall_all_answer(
         ),
         timeout_s=10,
         what="the breaker to close and the pins to be written back",
+    )
+
+
+def test_a_redis_restarted_empty_gets_every_pin_back_without_a_request(
+    edge: Edge, redis_server: RedisServer
+) -> None:
+    sessions = new_sessions("served", 1500)
+    with httpx.Client(base_url=edge.url, timeout=30) as client:
+        for start in range(0, len(sessions), 500):
+            batch = [
+                {"ip": IPS[n % len(IPS)], "session": s}
+                for n, s in enumerate(sessions[start : start + 500])
+            ]
+            response = client.post("/v1/route", json={"requests": batch})
+            assert response.status_code == 200, response.text
+    pinned = redis_pins(redis_server, sessions)
+    assert all(pinned.values())
+
+    redis_server.restart_empty()  # kill -9, then at once a new, empty redis-server
+    restarted = time.monotonic()
+    wait_for(
+        lambda: redis_pins(redis_server, sessions) == pinned,
+        timeout_s=10,
+        what="every pin the edge served back in Redis, with no request asking for it",
+    )
+    report(
+        f"FAULT redis-restarted-empty: sessions={len(sessions)}"
+        f" all_back_after_s={time.monotonic() - restarted:.2f}"
     )

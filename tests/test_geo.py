@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from georouter.core.location import LocationSource
 from georouter.errors import GeoDatabaseError
-from georouter.geo import GeoDatabase, bundled_database
-from georouter.location import LocationSource
+from georouter.geoip.database import GeoDatabase, bundled_database
 from tests.harness import TEST_ASN_DB, TEST_CITY_DB, TEST_COUNTRY_DB
 
 
@@ -80,7 +80,7 @@ def test_private_reserved_and_unknown_addresses_have_no_location(
 def test_record_with_country_and_no_coordinates_has_no_point(city: GeoDatabase) -> None:
     loc = city.lookup(ip("185.1.2.3"))
     assert loc is not None
-    assert (loc.country, loc.lat, loc.lon, loc.has_point) == ("DE", None, None, False)
+    assert (loc.country, loc.lat, loc.lon) == ("DE", None, None)
 
 
 def test_country_database_gives_countries_without_points() -> None:
@@ -88,7 +88,7 @@ def test_country_database_gives_countries_without_points() -> None:
     try:
         loc = db.lookup(ip("202.12.27.33"))
         assert loc is not None
-        assert (loc.country, loc.has_point) == ("JP", False)
+        assert (loc.country, loc.lat, loc.lon) == ("JP", None, None)
         assert db.info.database_type == "GeoIP2-Country"
     finally:
         db.close()
@@ -202,7 +202,7 @@ def test_bundled_geolite2_snapshot_opens_and_locates_real_addresses() -> None:
 def test_not_global_ranges_agree_with_ipaddress() -> None:
     import random
 
-    from georouter.geo import _NOT_GLOBAL, address_key, is_global
+    from georouter.geoip.database import _NOT_GLOBAL, address_key, is_global
 
     rng = random.Random(11)
     samples: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []

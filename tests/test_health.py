@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from georouter.health import HealthState, ProbeResult, Status, observe
+from georouter.core.health import HealthState, ProbeResult, Status, observe
 
 OK = ProbeResult(ok=True, detail="HTTP 200")
 FAIL = ProbeResult(ok=False, detail="connect error")

@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from georouter.config import Cluster, HealthSettings
-from georouter.health import Status
-from georouter.monitor import HealthMonitor
-from georouter.standin import StandIn
+from georouter.core.health import Status
+from georouter.demo.standin import StandIn
+from georouter.probes.active import HealthMonitor
 from tests.harness import until
 
 pytestmark = pytest.mark.anyio
@@ -109,7 +109,7 @@ async def test_health_url_overrides_url_plus_path(
 async def test_a_replacement_monitor_carries_on_from_the_published_states(
     make_standins: Callable[..., dict[str, StandIn]],
 ) -> None:
-    from georouter.health import HealthState
+    from georouter.core.health import HealthState
 
     standins = make_standins("c1", "c2")
     published = {
@@ -128,7 +128,7 @@ async def test_a_replacement_monitor_carries_on_from_the_published_states(
 async def test_partial_published_states_are_not_trusted(
     make_standins: Callable[..., dict[str, StandIn]],
 ) -> None:
-    from georouter.health import HealthState
+    from georouter.core.health import HealthState
 
     standins = make_standins("c1", "c2")
     async with httpx.AsyncClient() as client:

@@ -9,6 +9,8 @@ one per edge) and after it comes back (no move back).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -17,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from georouter.standin import StandIn
+from georouter.core.pin import Pin
+from georouter.demo.standin import StandIn
 from tests.harness import FAST_HEALTH, SITES, Edge, cluster_entries, config_text, wait_for
 from tests.redis_harness import RedisServer
 
@@ -68,15 +71,14 @@ def session_of(body: dict[str, object]) -> dict[str, object]:
 
 
 def redis_pin(redis_server: RedisServer, session: str) -> str | None:
-    """The cluster Redis holds for ``session`` (its value is ``<cluster>|<pinned at ms>``)."""
+    """The cluster Redis holds for ``session``."""
     with redis_server.client() as r:
         raw = r.get(KEY_PREFIX + session)
     if raw is None:
         return None
-    cluster, sep, at = str(raw).rpartition("|")
-    assert sep, f"unexpected value for {session}: {raw!r}"
-    assert at.isdigit(), f"unexpected value for {session}: {raw!r}"
-    return cluster
+    pin = Pin.decode(str(raw))
+    assert pin is not None, f"unexpected value for {session}: {raw!r}"
+    return pin.cluster
 
 
 def cluster_status(edge: Edge, client: httpx.Client, name: str) -> str:
@@ -249,3 +251,104 @@ def test_a_dead_cluster_moves_its_sessions_once_to_one_cluster_and_never_back(
             assert redis_pin(redis_server, session) == moved[session]
     counts = {c: list(moved.values()).count(c) for c in sorted(set(moved.values()))}
     print(f"MULTI-EDGE failover: sessions={len(sessions)} moved_to={counts} moved_back=0")
+
+
+def test_an_edge_that_lost_the_race_keeps_the_winners_pin_through_a_redis_outage(
+    shared_config: Path, make_edge: Callable[..., Edge], redis_server: RedisServer
+) -> None:
+    edge_a, edge_b = make_edge(shared_config), make_edge(shared_config)
+    sessions = [new_session(f"lost{n}") for n in range(300)]
+    answers = ask_together([(edge_a, LONDON), (edge_b, TOKYO)], sessions)
+    winner = {}
+    for session, (at_a, at_b) in zip(sessions, answers, strict=True):
+        assert at_a["cluster"] == at_b["cluster"], session
+        winner[session] = at_a["cluster"]
+    lost_at_a = sum(a["reason"] == "sticky" for a, _ in answers)
+    # Later requests go to B only; A last saw each session in the race.
+    with httpx.Client(timeout=10) as client:
+        for session in sessions:
+            assert route(client, edge_b, TOKYO, session)["cluster"] == winner[session]
+        redis_server.kill()
+        during = {s: route(client, edge_a, LONDON, s) for s in sessions}
+    forgotten = [s for s in sessions if during[s]["cluster"] != winner[s]]
+    redis_server.restart_empty()
+    wait_for(
+        lambda: all(redis_pin(redis_server, s) == winner[s] for s in sessions),
+        timeout_s=15,
+        what="every pin back in Redis, on its winner's cluster",
+    )
+    print(
+        f"MULTI-EDGE lost race then outage: sessions={len(sessions)} lost_at_a={lost_at_a}"
+        f" forgotten_at_a={len(forgotten)}"
+    )
+    assert lost_at_a > 0, "edge A never lost a race: the scenario was not exercised"
+    assert not forgotten, f"edge A answered another cluster for {len(forgotten)}: {forgotten[:3]}"
+    assert all(session_of(during[s])["degraded"] is True for s in sessions)
+
+
+def burn_cpu(seconds: float) -> subprocess.Popen[bytes]:
+    """A process that keeps one core busy for ``seconds`` (then exits by itself)."""
+    code = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def test_a_burst_of_new_sessions_at_two_fresh_edges_on_a_busy_machine_is_never_split(
+    standins: dict[str, StandIn],
+    redis_server: RedisServer,
+    write_config: Callable[[str], Path],
+    make_edge: Callable[..., Edge],
+) -> None:
+    # The default Redis deadlines (50 ms + 50 ms): a busy edge must not mistake its
+    # own lag for a Redis outage and pin on its own.
+    path = write_config(
+        config_text(
+            cluster_entries(standins),
+            router={"fallback": "us-east"},
+            health=FAST_HEALTH,
+            sessions={"redis_url": redis_server.url},
+        )
+    )
+    edges = [make_edge(path), make_edge(path)]
+    ips = [LONDON, TOKYO]
+    sessions = [new_session(f"burst{n}") for n in range(360)]
+    clients_per_edge = 32
+    answers: dict[tuple[int, str], dict[str, object]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2 * clients_per_edge)
+
+    def client_thread(e: int, slot: int) -> None:
+        try:
+            with httpx.Client(timeout=20) as client:
+                client.get(f"{edges[e].url}/healthz")
+                start.wait(timeout=30)
+                # Slot k at both edges asks the same sessions in the same order: races.
+                for session in sessions[slot::clients_per_edge]:
+                    answers[(e, session)] = route(client, edges[e], ips[e], session)
+        except (AssertionError, httpx.HTTPError, threading.BrokenBarrierError) as exc:
+            errors.append(exc)
+
+    burner = burn_cpu(30)
+    try:
+        threads = [
+            threading.Thread(target=client_thread, args=(e, k))
+            for e in range(2)
+            for k in range(clients_per_edge)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=90)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert not errors, errors[:3]
+    split = [s for s in sessions if answers[(0, s)]["cluster"] != answers[(1, s)]["cluster"]]
+    degraded = [k for k, a in answers.items() if session_of(a)["degraded"]]
+    wrong = [s for s in sessions if redis_pin(redis_server, s) != answers[(0, s)]["cluster"]]
+    print(
+        f"MULTI-EDGE burst: sessions={len(sessions)} clients={2 * clients_per_edge}"
+        f" split={len(split)} degraded={len(degraded)} redis_disagrees={len(wrong)}"
+    )
+    assert not split, f"{len(split)} sessions answered with two clusters, e.g. {split[:3]}"
+    assert not degraded, f"{len(degraded)} answers degraded while Redis was up"
+    assert not wrong

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from georouter.breaker import Breaker, BreakerState
-from georouter.pins import LocalPins, Pin
+from georouter.core.breaker import Breaker, BreakerState
+from georouter.core.pin import Pin
+from georouter.sessions.outage import OutageMemory
 
 
 @pytest.mark.parametrize(
@@ -34,39 +35,31 @@ def test_pin_round_trips_and_knows_its_age() -> None:
     assert not pin.expired(now_ms=10**15, max_age_ms=0)  # 0: no cap
 
 
-def test_local_pins_forget_after_the_sliding_ttl() -> None:
-    pins = LocalPins(capacity=10, ttl_ms=100)
-    pins.put("s1", Pin("eu-west", 0), now_ms=0)
-    assert pins.get("s1", now_ms=99) == Pin("eu-west", 0, 100)
+def test_outage_memory_forget_after_the_sliding_ttl() -> None:
+    pins = OutageMemory(capacity=10, ttl_ms=100)
+    pins.offer("s1", Pin("eu-west", 0), now_ms=0)
+    assert pins.get("s1", now_ms=99) == Pin("eu-west", 0, 0, 100)
     # The read slid the expiry to 199.
     assert pins.get("s1", now_ms=198) is not None
     assert pins.get("s1", now_ms=298) is None
     assert len(pins) == 0
 
 
-def test_local_pins_keep_only_the_most_recently_used() -> None:
-    pins = LocalPins(capacity=2, ttl_ms=1000)
-    pins.put("a", Pin("c1", 0), now_ms=0)
-    pins.put("b", Pin("c2", 0), now_ms=0)
+def test_outage_memory_keep_only_the_most_recently_used() -> None:
+    pins = OutageMemory(capacity=2, ttl_ms=1000)
+    pins.offer("a", Pin("c1", 0), now_ms=0)
+    pins.offer("b", Pin("c2", 0), now_ms=0)
     pins.get("a", now_ms=1)  # a is now the most recent
-    pins.put("c", Pin("c3", 0), now_ms=2)
+    pins.offer("c", Pin("c3", 0), now_ms=2)
     assert len(pins) == 2
     assert pins.get("b", now_ms=3) is None
     assert pins.get("a", now_ms=3) is not None
     assert pins.get("c", now_ms=3) is not None
 
 
-def test_local_pins_with_no_capacity_keep_nothing() -> None:
-    pins = LocalPins(capacity=0, ttl_ms=1000)
-    pins.put("a", Pin("c1", 0), now_ms=0)
-    assert pins.get("a", now_ms=0) is None
-
-
-def test_dropping_a_pin() -> None:
-    pins = LocalPins(capacity=2, ttl_ms=1000)
-    pins.put("a", Pin("c1", 0), now_ms=0)
-    assert pins.drop("a")
-    assert not pins.drop("a")
+def test_outage_memory_with_no_capacity_keep_nothing() -> None:
+    pins = OutageMemory(capacity=0, ttl_ms=1000)
+    pins.offer("a", Pin("c1", 0), now_ms=0)
     assert pins.get("a", now_ms=0) is None
 
 
@@ -82,14 +75,13 @@ def test_breaker_opens_after_consecutive_failures_only() -> None:
     assert breaker.state is BreakerState.OPEN
     assert not breaker.allows
     assert not breaker.failure()  # already open: not "opened" again
-    assert breaker.opened == 1
     breaker.close()
     assert breaker.allows
     assert breaker.consecutive_failures == 0
 
 
 def test_near_cache_serves_only_while_active() -> None:
-    from georouter.pins import NearCache
+    from georouter.sessions.nearcache import NearCache
 
     near = NearCache(capacity=10, ttl_ms=1000)
     near.put("s1", Pin("eu-west", 0), now_ms=0, mark=near.mark())
@@ -105,7 +97,7 @@ def test_near_cache_serves_only_while_active() -> None:
 
 
 def test_near_cache_drops_invalidated_sessions_and_refuses_raced_reads() -> None:
-    from georouter.pins import NearCache
+    from georouter.sessions.nearcache import NearCache
 
     near = NearCache(capacity=10, ttl_ms=1000)
     near.activate()
@@ -122,7 +114,7 @@ def test_near_cache_drops_invalidated_sessions_and_refuses_raced_reads() -> None
 
 
 def test_a_read_begun_before_activation_is_not_cached() -> None:
-    from georouter.pins import NearCache
+    from georouter.sessions.nearcache import NearCache
 
     near = NearCache(capacity=10, ttl_ms=1000)
     mark = near.mark()
@@ -134,7 +126,7 @@ def test_a_read_begun_before_activation_is_not_cached() -> None:
 
 
 def test_near_cache_is_bounded() -> None:
-    from georouter.pins import NearCache
+    from georouter.sessions.nearcache import NearCache
 
     near = NearCache(capacity=3, ttl_ms=1000)
     near.activate()
@@ -144,7 +136,7 @@ def test_near_cache_is_bounded() -> None:
 
 
 def test_a_full_near_cache_drops_the_oldest_sessions_not_in_use() -> None:
-    from georouter.pins import NearCache
+    from georouter.sessions.nearcache import NearCache
 
     near = NearCache(capacity=16, ttl_ms=1000)
     near.activate()
@@ -160,7 +152,7 @@ def test_a_full_near_cache_drops_the_oldest_sessions_not_in_use() -> None:
 
 
 def test_a_burst_of_new_sessions_does_not_push_out_the_sessions_in_use() -> None:
-    from georouter.pins import NearCache
+    from georouter.sessions.nearcache import NearCache
 
     near = NearCache(capacity=80, ttl_ms=10_000)
     near.activate()
@@ -176,7 +168,7 @@ def test_a_burst_of_new_sessions_does_not_push_out_the_sessions_in_use() -> None
 
 
 def test_when_every_session_is_in_use_the_oldest_still_make_room() -> None:
-    from georouter.pins import NearCache
+    from georouter.sessions.nearcache import NearCache
 
     near = NearCache(capacity=8, ttl_ms=1000)
     near.activate()
@@ -190,7 +182,7 @@ def test_when_every_session_is_in_use_the_oldest_still_make_room() -> None:
 
 
 def test_near_cache_lists_pins_in_use_past_half_their_life_as_due() -> None:
-    from georouter.pins import NearCache
+    from georouter.sessions.nearcache import NearCache
 
     near = NearCache(capacity=10, ttl_ms=1000)
     near.activate()
@@ -211,7 +203,7 @@ def test_near_cache_lists_pins_in_use_past_half_their_life_as_due() -> None:
 
 
 def test_near_cache_takes_due_sessions_in_bounded_batches_and_forgets_invalidated_ones() -> None:
-    from georouter.pins import NearCache
+    from georouter.sessions.nearcache import NearCache
 
     near = NearCache(capacity=100, ttl_ms=1000)
     near.activate()
@@ -227,7 +219,7 @@ def test_near_cache_takes_due_sessions_in_bounded_batches_and_forgets_invalidate
 
 
 def test_a_refreshed_pin_is_not_due_again_and_an_expired_one_is_forgotten() -> None:
-    from georouter.pins import NearCache
+    from georouter.sessions.nearcache import NearCache
 
     near = NearCache(capacity=10, ttl_ms=1000)
     near.activate()

@@ -12,13 +12,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from georouter.config import SessionSettings
+from georouter.core.pin import Ask
 from georouter.metrics import Metrics
-from georouter.pipelining import MAX_BATCH, AutoPipeline
-from georouter.redisclient import make_client
-from georouter.sessionmap import SessionMap
-from georouter.sessions import RedisSessionStore
+from georouter.sessions.clients import make_client
+from georouter.sessions.map import SessionMap
+from georouter.sessions.pipelining import MAX_BATCH, AutoPipeline
+from georouter.sessions.redisstore import RedisSessionStore
 from tests.redis_harness import RedisServer
-from tests.test_sessions_contract import session_settings
+from tests.sessions_harness import session_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -145,19 +146,19 @@ async def store(settings: SessionSettings) -> AsyncIterator[RedisSessionStore]:
 async def test_scripts_are_loaded_again_after_redis_forgets_them(
     store: RedisSessionStore, redis_server: RedisServer
 ) -> None:
-    assert (await store.pin("a", "eu-west", replacing=None)).cluster == "eu-west"
+    assert ((await store.apply("a", Ask.claim("eu-west")))[0]).cluster == "eu-west"
     with redis_server.client() as c:
         c.script_flush()  # as after a restart, or a failover to a replica
-    assert (await store.pin("b", "us-east", replacing=None)).cluster == "us-east"
+    assert ((await store.apply("b", Ask.claim("us-east")))[0]).cluster == "us-east"
     assert [p and p.cluster for p in await store.read_many(["a", "b"])] == ["eu-west", "us-east"]
 
 
 async def test_read_many_answers_in_order_and_renews_every_ttl(
     store: RedisSessionStore, redis_server: RedisServer
 ) -> None:
-    await store.pin("one", "eu-west", replacing=None)
-    await store.pin("two", "ap-sydney", replacing=None)
-    await store.forget("gone")
+    await store.apply("one", Ask.claim("eu-west"))
+    await store.apply("two", Ask.claim("ap-sydney"))
+    await store.apply("gone", Ask.forget())
     with redis_server.client() as c:
         c.pexpire("georouter:s:one", 5_000)
         c.set("georouter:s:junk", "not a pin", px=5_000)
@@ -174,10 +175,10 @@ async def test_concurrent_first_requests_of_many_sessions_share_round_trips(
     with redis_server.client() as c:
         connections_before = int(c.info("stats")["total_connections_received"])
     outcomes = await asyncio.gather(
-        *(m.pin(f"user{i}", "eu-west", replacing=None) for i in range(200))
+        *(m.resolve(f"user{i}", "eu-west", lambda _: True) for i in range(200))
     )
     assert all(o.pin is not None and o.pin.cluster == "eu-west" for o in outcomes)
-    reads = await asyncio.gather(*(m.read(f"user{i}") for i in range(200)))
+    reads = await asyncio.gather(*(m.resolve(f"user{i}", None, lambda _: True) for i in range(200)))
     assert all(r.pin is not None and r.pin.cluster == "eu-west" for r in reads)
     with redis_server.client() as c:
         assert len(c.keys("georouter:s:user*")) == 200

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 
-from georouter.config import Cluster
-from georouter.location import Location, LocationSource
-from georouter.policy import Reason, haversine_km, rank
+from georouter.config import Cluster, Config, RouterSettings
+from georouter.core.location import Location, LocationSource
+from georouter.core.policy import Ranking, Reason, haversine_km
+from georouter.runtime import Runtime
 from tests.harness import SITES
 
 CLUSTERS = tuple(
     Cluster(name=name, url=f"https://{name}.example.net", lat=lat, lon=lon)
     for name, (lat, lon) in SITES.items()
 )
+
+
+def rank(
+    location: Location | None,
+    clusters: tuple[Cluster, ...],
+    *,
+    fallback: str,
+    unroutable: Mapping[str, str],
+) -> Ranking:
+    """The ranking the router computes: its runtime snapshot's, for this configuration."""
+    return Runtime.of(Config(clusters, RouterSettings(fallback=fallback))).rank(
+        location, unroutable
+    )
 
 
 def at(lat: float, lon: float) -> Location:
@@ -125,8 +141,13 @@ def test_ties_are_broken_by_name_whatever_the_config_order() -> None:
         assert ranking.chosen.cluster.name == "alpha"
 
 
-def test_ranking_is_a_pure_function_of_its_inputs() -> None:
-    args = (at(35.0, 135.0), CLUSTERS)
-    first = rank(*args, fallback="us-east", unroutable={"ap-northeast": "down"})
-    again = rank(*args, fallback="us-east", unroutable={"ap-northeast": "down"})
+def test_two_edges_with_the_same_inputs_rank_alike_and_health_changes_the_choice() -> None:
+    down = {"ap-northeast": "down"}
+    first = rank(at(35.0, 135.0), CLUSTERS, fallback="us-east", unroutable=down)
+    again = rank(at(35.0, 135.0), CLUSTERS, fallback="us-east", unroutable=down)
+    healthy = rank(at(35.0, 135.0), CLUSTERS, fallback="us-east", unroutable={})
     assert first == again
+    assert first.chosen is not None
+    assert healthy.chosen is not None
+    assert healthy.chosen.cluster.name == "ap-northeast"
+    assert first.chosen.cluster.name != "ap-northeast"

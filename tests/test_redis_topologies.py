@@ -19,13 +19,13 @@ import pytest
 from redis.cluster import RedisCluster as SyncRedisCluster
 
 from georouter.config import SessionSettings, parse
+from georouter.config.redisurl import RedisMode
+from georouter.core.pin import Ask, Pin
+from georouter.demo.standin import StandIn
 from georouter.metrics import Metrics
-from georouter.pins import Pin
-from georouter.redisclient import make_client
-from georouter.redisurl import RedisMode
-from georouter.sessionmap import SessionMap
-from georouter.sessions import RedisSessionStore
-from georouter.standin import StandIn
+from georouter.sessions.clients import make_client
+from georouter.sessions.map import SessionMap
+from georouter.sessions.redisstore import RedisSessionStore
 from tests.harness import FAST_HEALTH, SITES, Edge, cluster_entries, config_text, wait_for
 from tests.redis_harness import RedisClusterSet, SentinelSet
 
@@ -37,6 +37,19 @@ FAILOVER_BOUND_S = 5.0
 # Short enough that a dead master costs little, long enough for loopback round trips.
 QUICK = {"connect_timeout_s": 0.2, "command_timeout_s": 0.2, "retry_interval_s": 0.2}
 TTL_S = 600
+
+
+def every_cluster_usable(_: str) -> bool:
+    return True
+
+
+async def pin(
+    store: RedisSessionStore, sid: str, cluster: str, replacing: str | None = None
+) -> Pin:
+    """Pin (compare-and-set, as an edge does): the pin that holds afterwards."""
+    held, _ = await store.apply(sid, Ask.repin(cluster, replacing))
+    assert held is not None
+    return held
 
 
 @pytest.fixture(autouse=True)
@@ -95,18 +108,18 @@ async def test_sentinel_url_pins_first_wins_and_compare_and_set_replaces(
     assert settings.redis.mode is RedisMode.SENTINEL
     assert settings.redis.service == SentinelSet.SERVICE
     async with opened_store(settings) as store:
-        first = await store.pin("s-1", "eu-west", replacing=None)
+        first = await pin(store, "s-1", "eu-west", replacing=None)
         assert first.cluster == "eu-west"
 
         # A second edge's pin for another cluster gets the first one back.
-        second = await store.pin("s-1", "us-east", replacing=None)
+        second = await pin(store, "s-1", "us-east", replacing=None)
         assert second == first
 
         # Replacing with the wrong expectation changes nothing ...
-        stale = await store.pin("s-1", "us-west", replacing="ap-sydney")
+        stale = await pin(store, "s-1", "us-west", replacing="ap-sydney")
         assert stale.cluster == "eu-west"
         # ... replacing what is really there moves the session, keeping its age.
-        moved = await store.pin("s-1", "eu-central", replacing="eu-west")
+        moved = await pin(store, "s-1", "eu-central", replacing="eu-west")
         assert moved.cluster == "eu-central"
         assert moved.pinned_at_ms == first.pinned_at_ms
 
@@ -131,7 +144,7 @@ async def test_pins_survive_a_sentinel_failover_within_5s(sentinel_set: Sentinel
         try:
             before: dict[str, Pin] = {}
             for i in range(20):
-                outcome = await smap.pin(f"old-{i}", CLUSTER_NAMES[i % 8], replacing=None)
+                outcome = await smap.resolve(f"old-{i}", CLUSTER_NAMES[i % 8], every_cluster_usable)
                 assert not outcome.degraded
                 assert outcome.pin is not None
                 before[f"old-{i}"] = outcome.pin
@@ -148,9 +161,9 @@ async def test_pins_survive_a_sentinel_failover_within_5s(sentinel_set: Sentinel
             rounds = 0
             async with asyncio.timeout(FAILOVER_BOUND_S + 5):
                 while True:
-                    new = await smap.pin(f"new-{rounds}", "ap-sydney", replacing=None)
+                    new = await smap.resolve(f"new-{rounds}", "ap-sydney", every_cluster_usable)
                     old_id = f"old-{rounds % len(before)}"
-                    old = await smap.read(old_id)
+                    old = await smap.resolve(old_id, None, every_cluster_usable)
                     if old.degraded:
                         # Without Redis the edge still knows its own sessions.
                         assert old.pin is not None
@@ -174,7 +187,7 @@ async def test_pins_survive_a_sentinel_failover_within_5s(sentinel_set: Sentinel
             # Every earlier pin comes back from Redis as it was made: same cluster and
             # same age, so it is the replica's copy, not this edge's memory written back.
             for session_id, pin in before.items():
-                outcome = await smap.read(session_id)
+                outcome = await smap.resolve(session_id, None, every_cluster_usable)
                 assert not outcome.degraded
                 assert outcome.pin is not None
                 assert (outcome.pin.cluster, outcome.pin.pinned_at_ms) == (
@@ -199,7 +212,7 @@ async def test_cluster_url_pins_on_all_three_masters_refresh_ttl_and_forget(
     ids = [f"user-{i}" for i in range(200)]
     async with opened_store(settings) as store:
         pins = [
-            await store.pin(sid, CLUSTER_NAMES[i % 8], replacing=None) for i, sid in enumerate(ids)
+            await pin(store, sid, CLUSTER_NAMES[i % 8], replacing=None) for i, sid in enumerate(ids)
         ]
         assert [p.cluster for p in pins] == [CLUSTER_NAMES[i % 8] for i in range(len(ids))]
 
@@ -213,7 +226,7 @@ async def test_cluster_url_pins_on_all_three_masters_refresh_ttl_and_forget(
 
         # First pin wins, on whichever master holds the key.
         for i, sid in enumerate(ids):
-            again = await store.pin(sid, "af-south", replacing=None)
+            again = await pin(store, sid, "af-south", replacing=None)
             assert again == pins[i], sid
 
         with sync_cluster_client(redis_cluster) as check:
@@ -224,7 +237,7 @@ async def test_cluster_url_pins_on_all_three_masters_refresh_ttl_and_forget(
             assert read.cluster == CLUSTER_NAMES[7]
             assert check.pttl(key) > TTL_S * 1000 - 5_000, "a read must refresh the TTL"
 
-            await store.forget("user-7")
+            await store.apply("user-7", Ask.forget())
             forgotten = await store.read("user-7")
             assert forgotten is not None
             assert forgotten.forgotten
@@ -232,7 +245,7 @@ async def test_cluster_url_pins_on_all_three_masters_refresh_ttl_and_forget(
             assert 0 < check.pttl(key) <= TTL_S * 1000
 
         # A forgotten session may be pinned afresh.
-        fresh = await store.pin("user-7", "eu-west", replacing=None)
+        fresh = await pin(store, "user-7", "eu-west", replacing=None)
         assert fresh.cluster == "eu-west"
 
 
@@ -247,9 +260,7 @@ async def test_concurrent_pins_of_one_new_session_on_a_cluster_agree_on_one_clus
         # on its own below), so this is only the compare-and-set race.
         await edge_a.ping()
         await edge_b.ping()
-        pins = await asyncio.gather(
-            *(edges[i % 2].pin("race", f"cluster-{i}", replacing=None) for i in range(50))
-        )
+        pins = await asyncio.gather(*(pin(edges[i % 2], "race", f"cluster-{i}") for i in range(50)))
         assert len({(p.cluster, p.pinned_at_ms) for p in pins}) == 1, pins
         winner = pins[0].cluster
         assert winner in {f"cluster-{i}" for i in range(50)}
@@ -301,7 +312,7 @@ async def test_a_new_cluster_client_answers_a_burst_of_concurrent_requests(
     ids = [f"burst-{i}" for i in range(40)]
     async with opened_store(settings) as store:
         results = await asyncio.gather(
-            *(store.pin(sid, "eu-west", replacing=None) for sid in ids), return_exceptions=True
+            *(pin(store, sid, "eu-west") for sid in ids), return_exceptions=True
         )
         failed = [repr(r) for r in results if isinstance(r, BaseException)]
         assert not failed, f"{len(failed)} of {len(ids)} first requests failed: {failed[:3]}"
@@ -312,7 +323,7 @@ async def test_a_new_cluster_client_answers_a_burst_of_concurrent_requests(
 
 @pytest.mark.anyio
 async def test_an_unreachable_redis_cluster_is_store_unavailable_not_a_crash() -> None:
-    from georouter.sessions import StoreUnavailable
+    from georouter.sessions.redisstore import StoreUnavailable
     from tests.redis_harness import free_port
 
     settings = session_settings(f"redis+cluster://127.0.0.1:{free_port()}")
@@ -322,6 +333,6 @@ async def test_an_unreachable_redis_cluster_is_store_unavailable_not_a_crash() -
         with pytest.raises(StoreUnavailable):
             await store.read("s1")
         with pytest.raises(StoreUnavailable):
-            await store.pin("s1", "eu-west", replacing=None)
+            await pin(store, "s1", "eu-west", replacing=None)
     finally:
         await store.close()

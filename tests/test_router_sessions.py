@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import pytest
 
 from georouter.config import Config, parse
-from georouter.geo import GeoDatabase
+from georouter.core.policy import Reason
+from georouter.geoip.database import GeoDatabase
 from georouter.metrics import Metrics
-from georouter.policy import Reason
-from georouter.redisclient import make_client
 from georouter.router import Router
-from georouter.sessionmap import SessionMap
-from georouter.sessions import RedisSessionStore
+from georouter.runtime import Runtime
+from georouter.sessions.clients import make_client
+from georouter.sessions.map import SessionMap
+from georouter.sessions.redisstore import RedisSessionStore
 from tests.harness import SITES, TEST_CITY_DB
 from tests.redis_harness import RedisServer
 
@@ -73,7 +74,9 @@ async def make_edge(redis_server: RedisServer) -> AsyncIterator[Callable[..., Ed
         metrics = Metrics()
         health = Health()
         sessions = SessionMap(store, config.sessions, metrics)
-        router = Router(config, locator=geo, health=health, metrics=metrics, sessions=sessions)
+        router = Router(
+            Runtime.of(config), locator=geo, health=health, metrics=metrics, sessions=sessions
+        )
         return router, health
 
     yield make
@@ -192,7 +195,7 @@ async def test_no_session_means_no_redis(
     assert decision.session is None
     assert decision.reason is Reason.NEAREST
     with redis_server.client() as c:
-        assert c.dbsize() == 0
+        assert c.keys("georouter:s:*") == []
 
 
 async def test_every_cluster_down_leaves_the_pin_alone(

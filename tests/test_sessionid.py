@@ -7,7 +7,7 @@ import secrets
 
 import pytest
 
-from georouter.sessionid import (
+from georouter.sessions.ids import (
     CookieSigner,
     new_id,
     set_cookie_header,

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from georouter.standin import StandIn
+from georouter.demo.standin import StandIn
 from tests.harness import (
     FAST_HEALTH,
     Edge,

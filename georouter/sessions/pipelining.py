@@ -15,6 +15,8 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
+from georouter.sessions.deadline import fair_timeout
+
 # A bound on one pipeline, so one slow batch cannot hold many requests' answers.
 MAX_BATCH = 256
 
@@ -34,9 +36,10 @@ class AutoPipeline:
     A caller that stops waiting (cancelled, timed out) only drops its own reply.
     """
 
-    def __init__(self, client: Any, *, deadline_s: float) -> None:
+    def __init__(self, client: Any, *, deadline_s: float, cap_s: float | None = None) -> None:
         self._client = client
         self._deadline_s = deadline_s
+        self._cap_s = deadline_s if cap_s is None else cap_s
         self._queued: list[tuple[Command, asyncio.Future[Any]]] = []
         self._in_flight = 0
         # Holds the sending tasks: the event loop keeps only weak references.
@@ -78,7 +81,7 @@ class AutoPipeline:
             return
         self._in_flight += 1
         try:
-            async with asyncio.timeout(self._deadline_s):
+            async with fair_timeout(self._deadline_s, cap_s=self._cap_s):
                 if len(live) == 1:
                     # Alone in its turn: a plain command costs less than a pipeline of one.
                     try:
@@ -107,4 +110,4 @@ class AutoPipeline:
     async def close(self) -> None:
         """Wait for the batches already sent (their callers are waiting for them)."""
         if self._sending:
-            await asyncio.wait(list(self._sending), timeout=self._deadline_s)
+            await asyncio.wait(list(self._sending), timeout=self._cap_s)

@@ -20,7 +20,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from georouter.config import SessionSettings
-from georouter.redisurl import RedisMode, RedisTarget
+from georouter.config.redisurl import RedisMode, RedisTarget
 
 
 def _no_retry() -> Retry:

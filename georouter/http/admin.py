@@ -10,10 +10,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from georouter.sessionid import tokens_equal, valid_id
-from georouter.sessionmap import SessionMap
-from georouter.sessions import StoreUnavailable
-from georouter.web import JSON, ApiError, Services, services
+from georouter.errors import ApiError, StoreUnavailable
+from georouter.http.common import JSON, Services, services
+from georouter.sessions.ids import tokens_equal, valid_id
+from georouter.sessions.map import SessionMap
 
 
 def _authorised(request: Request) -> tuple[Services, SessionMap]:

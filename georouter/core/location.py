@@ -33,10 +33,6 @@ class Location:
         }
         object.__setattr__(self, "_json", body)
 
-    @property
-    def has_point(self) -> bool:
-        return self.lat is not None and self.lon is not None
-
     def as_json(self) -> dict[str, object]:
         """The JSON form (shared: callers must not modify it)."""
         return self._json

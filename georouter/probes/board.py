@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from georouter.config import Cluster
-from georouter.health import HealthState, Status
+from georouter.core.health import HealthState, Status
 
 _HEADER = struct.Struct("<QB")  # sequence, first round done
 # status, consecutive ok, consecutive failed, probes, since, last probe at, detail

@@ -16,7 +16,6 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from georouter.config import Cluster
-from georouter.location import Location
 
 # IUGG mean Earth radius.
 EARTH_RADIUS_KM = 6371.0088
@@ -128,26 +127,6 @@ def choose(order: Order, reason: Reason, unroutable: Mapping[str, str]) -> Ranki
         if cluster.name not in unroutable:
             return Ranking(reason, order, unroutable, i)
     return Ranking(reason, order, unroutable, None)
-
-
-def rank(
-    location: Location | None,
-    clusters: tuple[Cluster, ...],
-    *,
-    fallback: str,
-    unroutable: Mapping[str, str],
-) -> Ranking:
-    """Order ``clusters`` for a client at ``location``; the first routable one is chosen.
-
-    ``unroutable`` maps a cluster's name to why it takes no traffic (``"down"``).
-    Without a point to measure from, the ``fallback`` cluster comes first and the
-    rest follow by their distance from it, so its nearest neighbour stands in.
-    """
-    if location is not None and location.lat is not None and location.lon is not None:
-        return choose(
-            nearest_order(location.lat, location.lon, clusters), Reason.NEAREST, unroutable
-        )
-    return choose(fallback_order(clusters, fallback), Reason.FALLBACK, unroutable)
 
 
 def _fallback_why(cluster: Cluster, fallback: str) -> str:

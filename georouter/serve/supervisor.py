@@ -23,13 +23,13 @@ from typing import Any
 
 import httpx
 
-from georouter.app import create_app
-from georouter.board import HealthBoard
 from georouter.config import Config
-from georouter.embedded import die_with_parent
-from georouter.monitor import HealthMonitor
-from georouter.server import ServerKind, event_loop_factory, serve, sibling, stop_on_signals
-from georouter.sessionid import CookieSigner
+from georouter.http.app import create_app
+from georouter.probes.active import HealthMonitor
+from georouter.probes.board import HealthBoard
+from georouter.serve.server import ServerKind, event_loop_factory, serve, sibling, stop_on_signals
+from georouter.sessions.embedded import die_with_parent
+from georouter.sessions.ids import CookieSigner
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,10 @@ def _prober(config: Config, board: HealthBoard) -> None:
                 on_change=publish,
                 initial=board.states if board.ready else None,
             )
-            task = asyncio.create_task(monitor.run())
-            await stop.wait()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            async with asyncio.TaskGroup() as tg:
+                task = tg.create_task(monitor.run(), name="health-monitor")
+                await stop.wait()
+                task.cancel()
 
     run_loop(main)
 

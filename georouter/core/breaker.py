@@ -21,7 +21,6 @@ class Breaker:
         self.failures_to_open = failures_to_open
         self.state = BreakerState.CLOSED
         self.consecutive_failures = 0
-        self.opened = 0  # how many times it has opened, for metrics
 
     @property
     def allows(self) -> bool:
@@ -35,7 +34,6 @@ class Breaker:
         self.consecutive_failures += 1
         if self.state is BreakerState.CLOSED and self.consecutive_failures >= self.failures_to_open:
             self.state = BreakerState.OPEN
-            self.opened += 1
             return True
         return False
 

@@ -1,4 +1,4 @@
-"""What every HTTP handler shares: the services, the JSON error, request parsing."""
+"""What every HTTP handler shares: the services, JSON answers, request parsing."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ from urllib.parse import unquote_plus
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Send
 
-from georouter.clientip import IPAddress, TrustRule
-from georouter.config import Config
-from georouter.geo import GeoDatabase
-from georouter.health import HealthState
+from georouter.core.clientip import IPAddress, TrustRule
+from georouter.core.health import HealthState
+from georouter.errors import ApiError
+from georouter.geoip.database import GeoDatabase
 from georouter.metrics import Metrics
 from georouter.router import Router
-from georouter.sessionid import CookieSigner
-from georouter.sessionmap import SessionMap
+from georouter.runtime import Runtime
+from georouter.sessions.ids import CookieSigner
+from georouter.sessions.map import SessionMap
 
 
 class HealthSource(Protocol):
@@ -37,33 +39,18 @@ class HealthSource(Protocol):
 class Services:
     """Everything a request handler may use; built and closed by the app's lifespan."""
 
-    config: Config
     geo: GeoDatabase
     health: HealthSource
     router: Router
     metrics: Metrics
-    trust: TrustRule
     sessions: SessionMap | None
     signer: CookieSigner | None
     admin_token: str | None
 
-
-class ApiError(Exception):
-    """An error answered as ``{"error": code, "message": ..., **extra}``."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        headers: dict[str, str] | None = None,
-        **extra: object,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = headers
-        self.body: dict[str, object] = {"error": code, "message": message, **extra}
+    @property
+    def runtime(self) -> Runtime:
+        """The current runtime snapshot: read it once per request."""
+        return self.router.runtime
 
 
 def services(request: Request) -> Services:
@@ -104,6 +91,28 @@ class JSON(Response):
         return orjson.dumps(content)
 
 
-def client_ip(request: Request, svc: Services) -> IPAddress | None:
+def client_ip(request: Request, trust: TrustRule) -> IPAddress | None:
     peer = request.client.host if request.client else None
-    return svc.trust.client_ip(peer, request.headers.getlist(svc.trust.header.value))
+    return trust.client_ip(peer, request.headers.getlist(trust.header.value))
+
+
+async def send_json(
+    send: Send, status: int, content: object, headers: dict[str, str] | None = None
+) -> None:
+    """A complete JSON response, without building a Response object."""
+    body = orjson.dumps(content)
+    raw = [_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    if headers:
+        raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+_JSON_HEADERS = (b"content-type", b"application/json")
+
+
+def error_body(exc: ApiError) -> JSON:
+    return JSON(exc.body, status_code=exc.status, headers=exc.headers)
+
+
+INTERNAL_ERROR: dict[str, object] = {"error": "internal", "message": "internal error"}

@@ -1,4 +1,4 @@
-"""The routing API and the operator endpoints."""
+"""The routing API: ``GET /v1/route`` (the hot path) and ``POST /v1/route`` (a batch)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from georouter import openapi
-from georouter.clientip import IPAddress, parse_address
-from georouter.router import Decision
-from georouter.sessionid import valid_id
-from georouter.web import JSON, ApiError, Services, client_ip, query_of, services
+from georouter.core.clientip import IPAddress, parse_address
+from georouter.errors import ApiError
+from georouter.http.common import JSON, Services, client_ip, query_of, send_json, services
+from georouter.runtime import Runtime
+from georouter.sessions.ids import valid_id
 
 MAX_BATCH = 1000
 MAX_BODY_BYTES = 1 << 20
@@ -44,13 +44,13 @@ def _address(raw: str, *, parameter: str | None = None, field: str | None = None
     raise ApiError(400, "invalid_body", message, field=field)
 
 
-def session_of(request: Request, svc: Services, query: dict[str, str]) -> str | None:
+def session_of(request: Request, svc: Services, rt: Runtime, query: dict[str, str]) -> str | None:
     """The session id: ``session=``, else the session header, else the session cookie.
 
     A malformed id that the caller sent on purpose (query or header) is a 400. A
     cookie that fails its signature check is ignored, and so creates no Redis key.
     """
-    settings = svc.config.sessions
+    settings = rt.config.sessions
     raw = query.get("session")
     if raw is not None:
         if not valid_id(raw):
@@ -99,14 +99,6 @@ def _require_sessions(svc: Services, session_id: str | None) -> None:
         raise ApiError(400, "sessions_disabled", "sessions are not enabled on this edge")
 
 
-def _answer(decision: Decision, *, explain: bool) -> JSON:
-    status = 200 if decision.cluster is not None else 503
-    return JSON(decision.as_json(explain=explain), status_code=status)
-
-
-_JSON_HEADERS = (b"content-type", b"application/json")
-
-
 async def route_one(scope: Scope, receive: Receive, send: Send) -> None:
     """``GET /v1/route``: the hot path, a plain ASGI app (see ``app.FastRoute``).
 
@@ -114,29 +106,20 @@ async def route_one(scope: Scope, receive: Receive, send: Send) -> None:
     """
     request = Request(scope, receive)
     svc = services(request)
+    rt = svc.runtime
     query = query_of(request)
     explain = _flag(query, "explain")
     raw_ip = query.get("ip")
-    client = _address(raw_ip, parameter="ip") if raw_ip is not None else client_ip(request, svc)
-    session_id = session_of(request, svc, query)
+    client = (
+        _address(raw_ip, parameter="ip") if raw_ip is not None else client_ip(request, rt.trust)
+    )
+    session_id = session_of(request, svc, rt, query)
     if "session" in query:
         _require_sessions(svc, session_id)
     _require_ready(svc)
-    decision = await svc.router.route(client, session_id)
+    decision = await svc.router.route(client, session_id, rt)
     status = 200 if decision.cluster is not None else 503
     await send_json(send, status, decision.as_json(explain=explain))
-
-
-async def send_json(
-    send: Send, status: int, content: object, headers: dict[str, str] | None = None
-) -> None:
-    """A complete JSON response, without building a Response object."""
-    body = orjson.dumps(content)
-    raw = [_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-    if headers:
-        raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _read_body(request: Request, *, limit: int) -> bytes:
@@ -185,6 +168,7 @@ def _batch_items(body: Any) -> list[dict[str, Any]]:
 
 async def route_batch(request: Request) -> Response:
     svc = services(request)
+    rt = svc.runtime
     explain = _flag(query_of(request), "explain")
     try:
         # orjson refuses what would exhaust json's recursion or integer limits.
@@ -195,7 +179,7 @@ async def route_batch(request: Request) -> Response:
     for i, item in enumerate(_batch_items(body)):
         raw_ip, session_id = item.get("ip"), item.get("session")
         if raw_ip is None:
-            client = client_ip(request, svc)
+            client = client_ip(request, rt.trust)
         elif isinstance(raw_ip, str):
             client = _address(raw_ip, field=f"requests[{i}].ip")
         else:
@@ -213,82 +197,5 @@ async def route_batch(request: Request) -> Response:
         asks.append((client, session_id))
     _require_ready(svc)
     route = svc.router.route
-    decisions = [(await route(c, s)).as_json(explain=explain) for c, s in asks]
+    decisions = [(await route(c, s, rt)).as_json(explain=explain) for c, s in asks]
     return JSON({"decisions": decisions})
-
-
-async def list_clusters(request: Request) -> Response:
-    svc = services(request)
-    states = svc.health.states
-    info = svc.geo.info
-    warnings = []
-    if info.stale:
-        warnings.append(
-            f"GeoIP database is {info.age_days:.0f} days old"
-            f" (limit {svc.config.geoip.max_age_days}): install a current one"
-        )
-    return JSON(
-        {
-            "clusters": [
-                {
-                    "name": c.name,
-                    "url": c.url,
-                    "lat": c.lat,
-                    "lon": c.lon,
-                    "fallback": c.name == svc.config.router.fallback,
-                    "health": states[c.name].as_json(),
-                }
-                for c in svc.config.clusters
-            ],
-            "geoip": info.as_json(),
-            "sessions": _sessions_status(svc),
-            "warnings": warnings,
-        }
-    )
-
-
-def _sessions_status(svc: Services) -> dict[str, object] | None:
-    if svc.sessions is None or svc.config.sessions.redis is None:
-        return None
-    return {
-        "redis": svc.config.sessions.redis.redacted,
-        "mode": svc.config.sessions.redis.mode.value,
-        "breaker": svc.sessions.breaker.state.value,
-        "near_cache": "on" if svc.sessions.near.active else "off",
-        "near_cache_pins": len(svc.sessions.near),
-        "local_pins": len(svc.sessions.local),
-        "pending_write_back": len(svc.sessions.pending),
-    }
-
-
-async def healthz(request: Request) -> Response:
-    return JSON({"status": "ok"})
-
-
-async def readyz(request: Request) -> Response:
-    svc = services(request)
-    if not svc.health.ready:
-        return JSON(
-            {"ready": False, "waiting_for": ["first round of health checks"]}, status_code=503
-        )
-    return JSON({"ready": True})
-
-
-async def metrics(request: Request) -> Response:
-    svc = services(request)
-    up = sum(st.routable for st in svc.health.states.values())
-    gauges = {
-        "georouter_clusters_up": float(up),
-        "georouter_clusters": float(len(svc.config.clusters)),
-        "georouter_geoip_cached_networks": float(svc.geo.cached_networks),
-        "georouter_geoip_database_age_days": svc.geo.info.age_days,
-    }
-    if svc.sessions is not None:
-        gauges["georouter_redis_breaker_open"] = float(not svc.sessions.breaker.allows)
-        gauges["georouter_session_local_pins"] = float(len(svc.sessions.local))
-        gauges["georouter_session_pending_write_back"] = float(len(svc.sessions.pending))
-    return PlainTextResponse(svc.metrics.render(gauges), media_type="text/plain; version=0.0.4")
-
-
-async def openapi_json(request: Request) -> Response:
-    return JSON(openapi.SPEC)

@@ -26,25 +26,34 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from georouter import admin, api
-from georouter.clientip import TrustRule
 from georouter.config import Config
-from georouter.geo import GeoDatabase
+from georouter.errors import ApiError
+from georouter.geoip.database import GeoDatabase
+from georouter.http import admin, status
+from georouter.http import routing as api
+from georouter.http.common import (
+    INTERNAL_ERROR,
+    JSON,
+    HealthSource,
+    Services,
+    error_body,
+    send_json,
+)
 from georouter.metrics import Metrics
-from georouter.monitor import HealthMonitor
-from georouter.redisclient import make_client, make_subscriber
+from georouter.probes.active import HealthMonitor
 from georouter.router import Router
-from georouter.sessionid import CookieSigner
-from georouter.sessionmap import SessionMap
-from georouter.sessions import RedisSessionStore
-from georouter.web import JSON, ApiError, HealthSource, Services
+from georouter.runtime import Runtime
+from georouter.sessions.clients import make_client, make_subscriber
+from georouter.sessions.ids import CookieSigner
+from georouter.sessions.map import SessionMap
+from georouter.sessions.redisstore import RedisSessionStore
 
 log = logging.getLogger(__name__)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return JSON(exc.body, status_code=exc.status, headers=exc.headers)
+    return error_body(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -58,7 +67,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _server_error(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log, never to the client.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSON({"error": "internal", "message": "internal error"}, status_code=500)
+    return JSON(INTERNAL_ERROR, status_code=500)
 
 
 class AsgiEndpoint:
@@ -70,24 +79,6 @@ class AsgiEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._app(scope, receive, send)
-
-
-def _open_geo(config: Config, now: float) -> GeoDatabase:
-    geo = GeoDatabase(
-        config.geoip.database,
-        cache_networks=config.geoip.cache_networks,
-        max_age_days=config.geoip.max_age_days,
-        now=now,
-    )
-    if geo.info.stale:
-        log.warning(
-            "GeoIP database %s is %.0f days old (limit %d): locations drift as address"
-            " blocks move; install a current GeoIP2/GeoLite2 City database",
-            geo.info.path,
-            geo.info.age_days,
-            config.geoip.max_age_days,
-        )
-    return geo
 
 
 def create_app(
@@ -107,8 +98,16 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
-            geo = _open_geo(config, clock())
+            geo = GeoDatabase.configured(config.geoip, now=clock())
             stack.callback(geo.close)
+            if geo.info.stale:
+                log.warning(
+                    "GeoIP database %s is %.0f days old (limit %d): locations drift as address"
+                    " blocks move; install a current GeoIP2/GeoLite2 City database",
+                    geo.info.path,
+                    geo.info.age_days,
+                    config.geoip.max_age_days,
+                )
             http = await stack.enter_async_context(
                 httpx.AsyncClient(headers={"user-agent": "georouter-health/1"})
             )
@@ -133,18 +132,14 @@ def create_app(
                 source = monitor = HealthMonitor(config.clusters, config.health, http, clock=clock)
             else:
                 source = health
-            router = Router(config, locator=geo, health=source, metrics=metrics, sessions=sessions)
+            router = Router(
+                Runtime.of(config), locator=geo, health=source, metrics=metrics, sessions=sessions
+            )
             services = Services(
-                config=config,
                 geo=geo,
                 health=source,
                 router=router,
                 metrics=metrics,
-                trust=TrustRule(
-                    trusted=config.router.trusted_proxies,
-                    header=config.router.client_ip_header,
-                    max_hops=config.router.max_forwarded_hops,
-                ),
                 sessions=sessions,
                 signer=signer,
                 admin_token=admin_token,
@@ -174,11 +169,11 @@ def create_app(
         Route("/v1/route", api.route_batch, methods=["POST"]),
         Route("/v1/sessions/{session_id:path}", admin.get_session, methods=["GET"]),
         Route("/v1/sessions/{session_id:path}", admin.delete_session, methods=["DELETE"]),
-        Route("/v1/clusters", api.list_clusters, methods=["GET"]),
-        Route("/healthz", api.healthz, methods=["GET"]),
-        Route("/readyz", api.readyz, methods=["GET"]),
-        Route("/metrics", api.metrics, methods=["GET"]),
-        Route("/openapi.json", api.openapi_json, methods=["GET"]),
+        Route("/v1/clusters", status.list_clusters, methods=["GET"]),
+        Route("/healthz", status.healthz, methods=["GET"]),
+        Route("/readyz", status.readyz, methods=["GET"]),
+        Route("/metrics", status.metrics, methods=["GET"]),
+        Route("/openapi.json", status.openapi_json, methods=["GET"]),
     ]
     return FastRoute(
         Starlette(
@@ -211,7 +206,7 @@ class FastRoute:
         try:
             await api.route_one(scope, receive, send)
         except ApiError as exc:
-            await api.send_json(send, exc.status, exc.body, exc.headers)
+            await send_json(send, exc.status, exc.body, exc.headers)
         except Exception as exc:
             log.error("unhandled error on GET /v1/route", exc_info=exc)
-            await api.send_json(send, 500, {"error": "internal", "message": "internal error"})
+            await send_json(send, 500, INTERNAL_ERROR)

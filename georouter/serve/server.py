@@ -21,11 +21,9 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 from starlette.types import ASGIApp
 
+from georouter.errors import ListenError
+
 log = logging.getLogger(__name__)
-
-
-class ListenError(ValueError):
-    """A ``--listen`` value that cannot be bound; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,13 +137,14 @@ async def _serve_uvicorn(app: ASGIApp, sock: socket.socket, stop: asyncio.Event)
         await stop.wait()
         server.should_exit = True
 
-    watcher = asyncio.create_task(stop_when_asked())
-    try:
-        # Uvicorn catches SIGINT/SIGTERM itself while serving, and re-raises them on
-        # the way out, where stop_on_signals' handlers see them.
-        await server.serve(sockets=[sock])
-    finally:
-        watcher.cancel()
+    async with asyncio.TaskGroup() as tg:
+        watcher = tg.create_task(stop_when_asked(), name="stop-watcher")
+        try:
+            # Uvicorn catches SIGINT/SIGTERM itself while serving, and re-raises them on
+            # the way out, where stop_on_signals' handlers see them.
+            await server.serve(sockets=[sock])
+        finally:
+            watcher.cancel()
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

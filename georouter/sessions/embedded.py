@@ -22,15 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from georouter.errors import GeorouterError
+from georouter.errors import EmbeddedRedisError
 
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 100
 _PR_SET_PDEATHSIG = 1
-
-
-class EmbeddedRedisError(GeorouterError):
-    """The private redis-server could not be started."""
 
 
 def redis_server_binary() -> Path:

@@ -17,10 +17,10 @@ from typing import TextIO
 
 import httpx
 
-from georouter.app import create_app
 from georouter.config import Config
-from georouter.server import serve, stop_on_signals, url_of
-from georouter.standin import StandIn
+from georouter.demo.standin import StandIn
+from georouter.http.app import create_app
+from georouter.serve.server import serve, stop_on_signals, url_of
 
 # Real addresses whose GeoLite2 records place them on every inhabited continent,
 # plus a private address (no location: the fallback cluster).
@@ -101,34 +101,35 @@ async def run_demo(config: Config, sock: socket.socket, *, once: bool, out: Text
         base = url_of(sock)
         stop = asyncio.Event()
         stop_on_signals(stop)
-        edge = asyncio.create_task(serve(create_app(demo_config), sock, stop))
-        try:
-            async with httpx.AsyncClient(timeout=10) as client:
-                await _wait_ready(client, base, timeout_s=config.health.timeout_s + 10)
-                ips = [ip for ip, _ in SAMPLE_CLIENTS]
-                response = await client.post(
-                    f"{base}/v1/route", json={"requests": [{"ip": ip} for ip in ips]}
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(serve(create_app(demo_config), sock, stop), name="edge")
+            try:
+                async with httpx.AsyncClient(timeout=10) as client:
+                    await _wait_ready(client, base, timeout_s=config.health.timeout_s + 10)
+                    ips = [ip for ip, _ in SAMPLE_CLIENTS]
+                    response = await client.post(
+                        f"{base}/v1/route", json={"requests": [{"ip": ip} for ip in ips]}
+                    )
+                    response.raise_for_status()
+                print(
+                    f"georouter demo: {len(standins)} stand-in clusters on loopback,"
+                    f" edge at {base}\n",
+                    file=out,
                 )
-                response.raise_for_status()
-            print(
-                f"georouter demo: {len(standins)} stand-in clusters on loopback, edge at {base}\n",
-                file=out,
-            )
-            print(format_table(response.json()["decisions"], dict(SAMPLE_CLIENTS)), file=out)
-            if once:
-                return
-            print(
-                f"\nTry:\n  curl '{base}/v1/route?ip=81.2.69.142&explain=1'\n"
-                f"  curl '{base}/v1/route?ip=81.2.69.142&session=alice'\n"
-                f"  curl '{base}/v1/route?ip=1.0.16.1&session=alice'   # sticky: same cluster\n"
-                f"  curl {base}/v1/clusters\n\nServing until Ctrl-C.",
-                file=out,
-                flush=True,
-            )
-            await stop.wait()
-        finally:
-            stop.set()
-            await edge
+                print(format_table(response.json()["decisions"], dict(SAMPLE_CLIENTS)), file=out)
+                if once:
+                    return
+                print(
+                    f"\nTry:\n  curl '{base}/v1/route?ip=81.2.69.142&explain=1'\n"
+                    f"  curl '{base}/v1/route?ip=81.2.69.142&session=alice'\n"
+                    f"  curl '{base}/v1/route?ip=1.0.16.1&session=alice'   # sticky: same cluster\n"
+                    f"  curl {base}/v1/clusters\n\nServing until Ctrl-C.",
+                    file=out,
+                    flush=True,
+                )
+                await stop.wait()
+            finally:
+                stop.set()
 
 
 def main(config: Config, sock: socket.socket, *, once: bool) -> int:

@@ -1,11 +1,6 @@
-"""A session's pin, and the bounded in-process memory of recent pins. Pure.
+"""The near cache: pins read from Redis, used for a while without asking again.
 
-The local memory keeps sessions sticky on this edge while Redis is away, and
-puts pins back into a Redis that came back empty. It is an LRU with a sliding
-expiry like the Redis keys, so it never outgrows ``capacity`` and never keeps
-a session longer than Redis would have.
-
-Both caches hold each entry as a plain tuple of strings and numbers, never as
+It holds each entry as a plain tuple of strings and numbers, never as
 objects: CPython's collector stops tracking such tuples, so hundreds of
 thousands of cached sessions add nothing to a full collection. Kept as
 objects, 100k sessions made each full collection stall the event loop for
@@ -15,85 +10,8 @@ objects, 100k sessions made each full collection stall the event loop for
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict
-from typing import NamedTuple
 
-# The stored value is "<cluster>|<pinned at, ms since the epoch>"; cluster names
-# cannot contain "|". A forgotten session is a tombstone, "!|<ms>", so every
-# edge learns that it was forgotten instead of restoring it from its memory.
-SEPARATOR = "|"
-TOMBSTONE = "!"
-
-
-class Pin(NamedTuple):
-    cluster: str
-    pinned_at_ms: int
-    # What is left of the sliding TTL when this pin was read, if known.
-    ttl_ms: int | None = None
-
-    def encode(self) -> str:
-        return f"{self.cluster}{SEPARATOR}{self.pinned_at_ms}"
-
-    @property
-    def forgotten(self) -> bool:
-        return self.cluster == TOMBSTONE
-
-    @classmethod
-    def decode(cls, raw: str | bytes, *, ttl_ms: int | None = None) -> Pin | None:
-        """None for a value that is not ours (a key written by something else)."""
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        cluster, sep, at = text.rpartition(SEPARATOR)
-        if not sep or not cluster or not at.isdigit():
-            return None
-        return cls(cluster, int(at), ttl_ms)
-
-    def expired(self, now_ms: int, max_age_ms: int) -> bool:
-        """Past the hard cap on a session's life (``max_age_ms`` 0: no cap)."""
-        return max_age_ms > 0 and now_ms - self.pinned_at_ms > max_age_ms
-
-
-class LocalPins:
-    """The most recent ``capacity`` pins, each forgotten ``ttl_ms`` after its last use."""
-
-    def __init__(self, capacity: int, ttl_ms: int) -> None:
-        self.capacity = capacity
-        self.ttl_ms = ttl_ms
-        # session id -> (cluster, pinned at ms, expires at ms)
-        self._entries: OrderedDict[str, tuple[str, int, int]] = OrderedDict()
-
-    def get(self, session_id: str, now_ms: int) -> Pin | None:
-        entry = self._entries.get(session_id)
-        if entry is None:
-            return None
-        cluster, pinned_at_ms, expires_at = entry
-        if expires_at <= now_ms:
-            del self._entries[session_id]
-            return None
-        self._entries[session_id] = (cluster, pinned_at_ms, now_ms + self.ttl_ms)
-        self._entries.move_to_end(session_id)
-        return Pin(cluster, pinned_at_ms, self.ttl_ms)
-
-    def put(self, session_id: str, pin: Pin, now_ms: int) -> None:
-        if self.capacity <= 0:
-            return
-        self._entries[session_id] = (pin.cluster, pin.pinned_at_ms, now_ms + self.ttl_ms)
-        self._entries.move_to_end(session_id)
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
-
-    def items(self, now_ms: int) -> list[tuple[str, Pin]]:
-        """Every pin still remembered at ``now_ms``, least recently used first."""
-        return [
-            (sid, Pin(cluster, at))
-            for sid, (cluster, at, until) in self._entries.items()
-            if until > now_ms
-        ]
-
-    def drop(self, session_id: str) -> bool:
-        return self._entries.pop(session_id, None) is not None
-
-    def __len__(self) -> int:
-        return len(self._entries)
+from georouter.core.pin import Pin
 
 
 class NearCache:
@@ -117,8 +35,8 @@ class NearCache:
         self.capacity = capacity
         self.ttl_ms = ttl_ms
         self.active = False
-        # session id -> (cluster, pinned at ms, TTL left when read, expires here at ms)
-        self._entries: dict[str, tuple[str, int, int | None, int]] = {}
+        # session id -> (cluster, pinned at ms, version, TTL left when read, expires here at ms)
+        self._entries: dict[str, tuple[str, int, int, int | None, int]] = {}
         # Read again from Redis once past half their life, if still in use, so a
         # busy session never expires here and its Redis TTL keeps sliding.
         self._refresh_within_ms = ttl_ms // 2
@@ -152,14 +70,14 @@ class NearCache:
         entry = self._entries.get(session_id)
         if entry is None:
             return None
-        cluster, pinned_at_ms, ttl_ms, expires_at = entry
+        cluster, pinned_at_ms, version, ttl_ms, expires_at = entry
         if expires_at <= now_ms:
             self._drop(session_id)
             return None
         if expires_at - now_ms < self._refresh_within_ms:
             self._due[session_id] = None
         self._used.add(session_id)
-        return Pin(cluster, pinned_at_ms, ttl_ms)
+        return Pin(cluster, pinned_at_ms, version, ttl_ms)
 
     def take_due(self, limit: int) -> list[str]:
         """Up to ``limit`` sessions in use whose pin should be read again (and so
@@ -184,6 +102,7 @@ class NearCache:
         self._entries[session_id] = (
             pin.cluster,
             pin.pinned_at_ms,
+            pin.version,
             pin.ttl_ms,
             now_ms + self.ttl_ms,
         )

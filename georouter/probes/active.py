@@ -15,7 +15,7 @@ from types import MappingProxyType
 import httpx
 
 from georouter.config import Cluster, HealthSettings
-from georouter.health import HealthState, ProbeResult, Status, observe
+from georouter.core.health import HealthState, ProbeResult, Status, observe
 
 log = logging.getLogger(__name__)
 

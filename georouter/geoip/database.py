@@ -19,8 +19,9 @@ from typing import Any
 
 import maxminddb
 
-from georouter.errors import GeoDatabaseError
-from georouter.location import Location, LocationSource
+from georouter.config import GeoipSettings
+from georouter.core.location import Location, LocationSource
+from georouter.errors import ConfigError, GeoDatabaseError, Problem
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,20 @@ class GeoDatabase:
         start = key >> host_bits << host_bits
         self._cache.put(start, start + (1 << host_bits) - 1, location)
         return location
+
+    @classmethod
+    def configured(cls, settings: GeoipSettings, *, now: float) -> GeoDatabase:
+        """The database ``[geoip]`` names; a ConfigError naming ``geoip.database`` if
+        it cannot be used."""
+        try:
+            return cls(
+                settings.database,
+                cache_networks=settings.cache_networks,
+                max_age_days=settings.max_age_days,
+                now=now,
+            )
+        except GeoDatabaseError as exc:
+            raise ConfigError([Problem("geoip.database", str(exc))]) from exc
 
     @property
     def cached_networks(self) -> int:

@@ -1,0 +1,31 @@
+"""Configuration: ``clusters.toml`` -> frozen, validated dataclasses.
+
+``model`` holds the values, ``parse`` validates a document (every problem
+with its key path) and reads the file, ``redisurl`` parses a Redis URL. The
+names below are the package's interface; nothing else reads TOML.
+"""
+
+from georouter.config.model import (
+    ClientIpHeader,
+    Cluster,
+    Config,
+    GeoipSettings,
+    HealthSettings,
+    Network,
+    RouterSettings,
+    SessionSettings,
+)
+from georouter.config.parse import load, parse
+
+__all__ = [
+    "ClientIpHeader",
+    "Cluster",
+    "Config",
+    "GeoipSettings",
+    "HealthSettings",
+    "Network",
+    "RouterSettings",
+    "SessionSettings",
+    "load",
+    "parse",
+]

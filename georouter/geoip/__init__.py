@@ -1,0 +1,1 @@
+"""Where a client is, from a MaxMind-format GeoIP database."""

@@ -1,0 +1,1 @@
+"""Running the app: the server on its socket, and the supervisor of worker processes."""

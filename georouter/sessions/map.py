@@ -1,0 +1,418 @@
+"""The session map: one question from the router, answered from the best tier at hand.
+
+``resolve(session, preferred cluster, usable)`` answers which cluster a
+session goes to and why. Behind it, in order:
+
+- the near cache (``nearcache``): pins read from Redis within ``near_cache_s``,
+  kept correct by the pin announcements of other edges; no round trip;
+- Redis (``redisstore``): one ``GETEX`` for a session this edge knows, one pin
+  script for a new one (set if absent, or answer the pin another edge made),
+  compare-and-set for a failover, so two edges never pin one session to two
+  clusters;
+- the outage memory (``outage``): the newest pin this edge has seen of every
+  session it serves, from replies and announcements alike. While Redis is
+  away (the breaker is open) it answers, and new pins follow the same pin
+  rule against it; they, and every pin served from it, are written back when
+  Redis answers again (set if absent, newest version wins).
+
+A Redis that lost its data (restarted empty, flushed) is noticed within
+``retry_interval_s`` by its missing epoch marker, or at once when the
+announcement channel reconnects, and every pin this edge remembers is put back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from enum import StrEnum
+from typing import NamedTuple
+
+from georouter.config import SessionSettings
+from georouter.core.breaker import Breaker, BreakerState
+from georouter.core.pin import Ask, Op, Pin, apply
+from georouter.errors import StoreUnavailable
+from georouter.metrics import Metrics
+from georouter.sessions.nearcache import NearCache
+from georouter.sessions.outage import OutageMemory
+from georouter.sessions.store import SessionStore
+
+log = logging.getLogger(__name__)
+
+FAILURES_TO_OPEN = 3
+WRITE_BACK_BATCH = 256
+# Bounds the compare-and-set rounds when edges disagree about health.
+MAX_PIN_ROUNDS = 3
+# How often pins due in the near cache are read again, and how many per command.
+REFRESH_TICK_S = 0.05
+REFRESH_BATCH = 256
+
+
+class Why(StrEnum):
+    """How ``resolve`` arrived at its pin."""
+
+    NEW = "new"  # pinned now to the preferred cluster
+    STICKY = "sticky"  # the pin it had, usable
+    FAILOVER = "failover"  # its cluster was not usable: pinned now to the preferred one
+    NONE = "none"  # no usable pin, and no cluster to pin to
+
+
+class Resolution(NamedTuple):
+    pin: Pin | None
+    why: Why
+    # Decided without Redis (the breaker was open, or Redis failed during the call).
+    degraded: bool
+
+
+class SessionStatus(NamedTuple):
+    breaker: BreakerState
+    near_cache_on: bool
+    near_cache_pins: int
+    remembered_pins: int
+    pending_write_back: int
+
+
+class SessionMap:
+    def __init__(
+        self,
+        store: SessionStore,
+        settings: SessionSettings,
+        metrics: Metrics,
+        *,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        refresh_tick_s: float = REFRESH_TICK_S,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self._breaker = Breaker(FAILURES_TO_OPEN)
+        self._memory = OutageMemory(settings.local_cache_size, int(settings.ttl_s * 1000))
+        self._near = NearCache(settings.local_cache_size, int(settings.near_cache_s * 1000))
+        # Sessions Redis has not seen as this edge served them, oldest first.
+        self._pending: OrderedDict[str, Ask] = OrderedDict()
+        # Sessions with a call to Redis in flight: another edge's announcement for
+        # one of them is kept even though this edge does not remember it yet.
+        self._asking: Counter[str] = Counter()
+        self._recheck = asyncio.Event()
+        self._clock_ms = clock_ms
+        self._refresh_tick_s = refresh_tick_s
+        self._max_age_ms = int(settings.max_ttl_s * 1000)
+        self._degraded_count = metrics.family(
+            "georouter_session_degraded_total", "Session lookups and pins answered without Redis."
+        ).values
+        self._errors = metrics.family(
+            "georouter_redis_errors_total", "Redis calls that failed or timed out."
+        ).values
+        self._near_hits = metrics.family(
+            "georouter_session_near_cache_hits_total",
+            "Sticky reads answered from the near cache, without a Redis round trip.",
+        ).values
+        self._refreshed = metrics.family(
+            "georouter_session_near_cache_refreshed_total",
+            "Near-cache pins in use read again from Redis before they expired (TTL renewed).",
+        ).values
+        self._written_back = metrics.family(
+            "georouter_session_written_back_total",
+            "Pins made or served without Redis, written back once it returned.",
+        ).values
+        self._data_lost = metrics.family(
+            "georouter_redis_data_lost_total",
+            "Times this edge found that Redis had lost its data and put its pins back.",
+        ).values
+
+    # -- the one question ---------------------------------------------------------
+
+    async def resolve(
+        self, session_id: str, preferred: str | None, usable: Callable[[str], bool]
+    ) -> Resolution:
+        """The cluster for ``session_id``: its pin while ``usable``, else a new pin to
+        ``preferred`` (None: no cluster can take it, so nothing is pinned)."""
+        near = self._near.get(session_id, self._clock_ms())
+        if near is not None and usable(near.cluster):
+            self._near_hits[()] += 1
+            return Resolution(near, Why.STICKY, degraded=False)
+        self._asking[session_id] += 1
+        try:
+            if self._breaker.allows:
+                try:
+                    return await self._resolve_in_store(session_id, preferred, usable)
+                except StoreUnavailable as exc:
+                    self._failed(exc)
+            return self._resolve_in_memory(session_id, preferred, usable)
+        finally:
+            self._asking[session_id] -= 1
+            if not self._asking[session_id]:
+                del self._asking[session_id]
+
+    async def _resolve_in_store(
+        self, session_id: str, preferred: str | None, usable: Callable[[str], bool]
+    ) -> Resolution:
+        if preferred is not None and not self._memory.knows(session_id):
+            # New to this edge: pin it, unless another edge has pinned it already, in
+            # one round trip either way.
+            held, made = await self._ask(session_id, Ask.claim(preferred))
+            if made:
+                return Resolution(held, Why.NEW, degraded=False)
+        else:
+            held = await self._read(session_id)
+        was_pinned = held is not None
+        for _ in range(MAX_PIN_ROUNDS):
+            if held is not None and usable(held.cluster):
+                return Resolution(held, Why.STICKY, degraded=False)
+            if preferred is None:
+                return Resolution(held, Why.NONE, degraded=False)
+            replacing = held.cluster if held is not None else None
+            held, made = await self._ask(session_id, Ask.repin(preferred, replacing))
+            if made:
+                return Resolution(held, Why.FAILOVER if was_pinned else Why.NEW, degraded=False)
+            # Another edge changed it first: follow it if usable, else replace that.
+        return Resolution(held, Why.FAILOVER, degraded=False)
+
+    async def _read(self, session_id: str) -> Pin | None:
+        """The live pin in Redis. One Redis lost, that this edge remembers, is put back."""
+        mark = self._near.mark()
+        pin = await self.store.read(session_id)
+        self._breaker.success()
+        if pin is not None:
+            self._remember(session_id, pin, mark)
+            return pin if pin.alive(self._clock_ms(), self._max_age_ms) else None
+        remembered = self._remembered(session_id)
+        if remembered is None:
+            return None
+        held, _ = await self._ask(session_id, Ask.put_back(remembered))
+        return held
+
+    async def _ask(self, session_id: str, ask: Ask) -> tuple[Pin | None, bool]:
+        """``ask`` of Redis; the live pin that holds after it, and whether it wrote it."""
+        mark = self._changing(session_id)
+        pin, written = await self.store.apply(session_id, ask)
+        self._breaker.success()
+        if pin is None:
+            return None, written
+        self._remember(session_id, pin, mark)
+        return (pin if pin.alive(self._clock_ms(), self._max_age_ms) else None), written
+
+    def _resolve_in_memory(
+        self, session_id: str, preferred: str | None, usable: Callable[[str], bool]
+    ) -> Resolution:
+        """Without Redis: the same rule against this edge's memory; queued for Redis."""
+        self._degraded_count[()] += 1
+        held = self._remembered(session_id)
+        if held is not None and usable(held.cluster):
+            # Served from memory: Redis may come back without it, so it is put back then.
+            self._queue(session_id, Ask.put_back(held))
+            return Resolution(held, Why.STICKY, degraded=True)
+        if preferred is None:
+            return Resolution(held, Why.NONE, degraded=True)
+        now = self._clock_ms()
+        ask = Ask.repin(preferred, held.cluster if held is not None else None)
+        stored = self._memory.get(session_id, now)
+        # No shared clock here: versions count up from the newest this edge has seen,
+        # so Redis's version of the written-back pin, and any other edge's, is newer.
+        verdict = apply(stored, ask, now_ms=now, now_version=0, max_age_ms=self._max_age_ms)
+        pin = verdict.stored
+        assert pin is not None  # a claim or repin always leaves a pin
+        self._memory.offer(session_id, pin, now)
+        self._near.invalidate(session_id)  # it may still hold the pin this one replaces
+        self._queue(session_id, ask)
+        return Resolution(pin, Why.FAILOVER if held is not None else Why.NEW, degraded=True)
+
+    # -- the tiers ----------------------------------------------------------------
+
+    def _failed(self, exc: StoreUnavailable) -> None:
+        self._errors[()] += 1
+        if self._breaker.failure():
+            log.warning("Redis unavailable (%s): routing sessions from local memory", exc)
+
+    def _remember(self, session_id: str, pin: Pin, mark: int) -> None:
+        """What Redis said: always offered to the outage memory (the newest version
+        wins there); kept in the near cache only if no change was announced since
+        ``mark``, while Redis answered."""
+        now = self._clock_ms()
+        self._memory.offer(session_id, pin, now)
+        if pin.forgotten:
+            self._near.invalidate(session_id)
+        else:
+            self._near.put(session_id, pin, now, mark)
+
+    def _remembered(self, session_id: str) -> Pin | None:
+        """The live pin this edge remembers, if any."""
+        now = self._clock_ms()
+        pin = self._memory.get(session_id, now)
+        if pin is None or not pin.alive(now, self._max_age_ms):
+            return None
+        return pin
+
+    def _changing(self, session_id: str) -> int:
+        """Before this edge changes a pin: drop its copy and record the change (the
+        edge ignores its own announcements), so a read of the session begun before,
+        such as a background refresh still in flight, cannot put the older pin back
+        into the near cache. The mark to remember the outcome with."""
+        self._near.invalidate(session_id)
+        return self._near.mark()
+
+    def _queue(self, session_id: str, ask: Ask) -> None:
+        earlier = self._pending.get(session_id)
+        if earlier is not None and earlier.restore is None and ask.restore is not None:
+            ask = earlier  # a pin made here stays one to make, even if later only served
+        elif earlier is not None and earlier.replacing and ask.restore is None:
+            # Keep the oldest "replacing": Redis still holds what was there before.
+            ask = Ask(Op.REPIN, ask.cluster, earlier.replacing)
+        self._pending[session_id] = ask
+        self._pending.move_to_end(session_id)
+        while len(self._pending) > max(self.settings.local_cache_size, 1):
+            self._pending.popitem(last=False)
+
+    def changed_elsewhere(self, session_id: str, pin: Pin | None) -> None:
+        """Another edge announced a change: the near cache drops its copy; the outage
+        memory keeps the new pin if it serves the session (or is asking about it)."""
+        self._near.invalidate(session_id)
+        if pin is None:
+            return
+        if self._memory.knows(session_id) or session_id in self._asking:
+            self._memory.offer(session_id, pin, self._clock_ms())
+            if pin.forgotten:
+                self._pending.pop(session_id, None)
+
+    # -- operator calls -----------------------------------------------------------
+
+    async def forget(self, session_id: str) -> None:
+        """Forget a session everywhere (raises StoreUnavailable: an admin must know)."""
+        self._pending.pop(session_id, None)
+        await self._ask(session_id, Ask.forget())
+
+    async def peek(self, session_id: str) -> Pin | None:
+        pin = await self.store.peek(session_id)
+        return None if pin is None or pin.forgotten else pin
+
+    def status(self) -> SessionStatus:
+        return SessionStatus(
+            breaker=self._breaker.state,
+            near_cache_on=self._near.active,
+            near_cache_pins=len(self._near),
+            remembered_pins=len(self._memory),
+            pending_write_back=len(self._pending),
+        )
+
+    # -- background work ----------------------------------------------------------
+
+    async def write_back(self) -> int:
+        """Send queued pins to Redis; the outcome (maybe another edge's pin) is adopted."""
+        written = 0
+        while self._pending and self._breaker.allows:
+            batch = list(self._pending.items())[:WRITE_BACK_BATCH]
+            marks = {sid: self._changing(sid) for sid, _ in batch}
+            results = await asyncio.gather(
+                *(self.store.apply(sid, ask) for sid, ask in batch), return_exceptions=True
+            )
+            failed = False
+            for (sid, ask), result in zip(batch, results, strict=True):
+                if isinstance(result, StoreUnavailable):
+                    self._failed(result)
+                    failed = True
+                    continue
+                if isinstance(result, BaseException):
+                    log.error("writing back the pin of a session failed", exc_info=result)
+                    failed = True
+                    continue
+                pin, made = result
+                written += made
+                if self._pending.get(sid) == ask:
+                    del self._pending[sid]  # else changed here meanwhile: next round
+                if pin is not None:
+                    self._remember(sid, pin, marks[sid])
+            if failed:
+                break
+            self._breaker.success()
+        if written:
+            self._written_back[()] += written
+            log.info("wrote %d pins back to Redis", written)
+        return written
+
+    def _offer_everything_back(self) -> None:
+        """Queue every live pin this edge remembers, to be put back (newest version wins)."""
+        now = self._clock_ms()
+        for session_id, pin in self._memory.items(now):
+            if session_id not in self._pending and pin.alive(now, self._max_age_ms):
+                self._queue(session_id, Ask.put_back(pin))
+
+    async def run(self) -> None:
+        """Until cancelled: reopen a tripped breaker once Redis answers, notice a Redis
+        that lost its data, and write back."""
+        # Learn Redis's epoch now, so a loss before the first round is noticed too.
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.lost_data()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recheck.wait(), self.settings.retry_interval_s)
+            self._recheck.clear()
+            try:
+                if not self._breaker.allows:
+                    await self.store.ping()
+                    self._breaker.close()
+                    log.warning("Redis is back: sessions are shared again")
+                    # It may have come back without them (restarted empty, or failed over
+                    # to a replica that missed them).
+                    self._offer_everything_back()
+                if await self.store.lost_data():
+                    self._data_lost[()] += 1
+                    if len(self._memory):
+                        log.warning("Redis lost its data: putting back %d pins", len(self._memory))
+                    self._offer_everything_back()
+            except StoreUnavailable as exc:
+                if self._breaker.allows:
+                    self._failed(exc)
+                continue
+            if self._pending:
+                await self.write_back()
+
+    async def follow_changes(self) -> None:
+        """Until cancelled: follow the pins other edges write. The near cache serves
+        only while subscribed; a lost subscription empties it, and a new one makes
+        ``run`` check at once whether Redis lost its data meanwhile."""
+        if not self.store.announces_changes:
+            return
+        while True:
+            try:
+                async for change in self.store.changes():
+                    if change is None:
+                        if self.settings.near_cache_s > 0:
+                            self._near.activate()
+                        self._recheck.set()
+                    else:
+                        self.changed_elsewhere(change.session_id, change.pin)
+            except StoreUnavailable as exc:
+                if self._near.active:
+                    log.warning("lost the pin-change channel (%s): near cache off", exc)
+            self._near.deactivate()
+            await asyncio.sleep(self.settings.retry_interval_s)
+
+    async def refresh_near(self) -> None:
+        """Until cancelled: read again, in the background, the near-cache pins in use
+        past half their life, so a busy session's TTL keeps sliding in Redis and its
+        requests never wait for a round trip."""
+        if not self.store.announces_changes or self.settings.near_cache_s <= 0:
+            return
+        while True:
+            await asyncio.sleep(self._refresh_tick_s)
+            while self._breaker.allows and (due := self._near.take_due(REFRESH_BATCH)):
+                await self._refresh(due)
+
+    async def _refresh(self, due: list[str]) -> None:
+        mark = self._near.mark()
+        try:
+            pins = await self.store.read_many(due)
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            return
+        self._breaker.success()
+        for sid, pin in zip(due, pins, strict=True):
+            if pin is None:
+                # Gone from Redis (evicted, flushed, past its age cap): the session's
+                # next request reads it and, if this edge remembers it, restores it.
+                self._near.invalidate(sid)
+            else:
+                self._remember(sid, pin, mark)
+        self._refreshed[()] += len(due)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,10 +18,13 @@ from georouter.sessions.clients import make_client
 from georouter.sessions.map import SessionMap
 from georouter.sessions.pipelining import MAX_BATCH, AutoPipeline
 from georouter.sessions.redisstore import RedisSessionStore
+from georouter.sessions.scripts import PIN_SCRIPT
 from tests.redis_harness import RedisServer
 from tests.sessions_harness import session_settings
 
 pytestmark = pytest.mark.anyio
+
+PIN_SCRIPT_SHA = hashlib.sha1(PIN_SCRIPT.encode()).hexdigest()
 
 
 class CountingRedis(aioredis.Redis):
@@ -91,13 +94,12 @@ async def test_a_command_redis_refuses_fails_alone(client: CountingRedis) -> Non
     assert isinstance(also, ResponseError)
 
 
-async def test_a_hung_redis_answers_every_waiting_command_with_an_error_by_the_deadline(
+async def test_callers_that_give_up_on_a_hung_redis_leave_no_half_read_connection(
     client: CountingRedis, redis_server: RedisServer
 ) -> None:
     pipeline = AutoPipeline(client, deadline_s=0.3)
     redis_server.pause()
     try:
-        started = time.monotonic()
 
         async def bounded(i: int) -> object:
             # As the session store calls it: the caller bounds its own wait.
@@ -108,12 +110,38 @@ async def test_a_hung_redis_answers_every_waiting_command_with_an_error_by_the_d
                 return exc
 
         replies = await asyncio.gather(*(bounded(i) for i in range(10)))
-        waited = time.monotonic() - started
     finally:
         redis_server.resume()
     assert all(isinstance(r, Exception) for r in replies), replies
-    assert waited < 0.3 + 1.0  # the deadline, with a generous margin for a loaded machine
-    # The connection that timed out is not reused half-read: the next command is answered.
+    # The paused Redis answers the abandoned ECHOs once resumed; a connection reused
+    # half-read would hand one of those ("0".."9") to the next command.
+    assert [await pipeline.execute("ECHO", f"after{i}") for i in range(3)] == [
+        "after0",
+        "after1",
+        "after2",
+    ]
+
+
+async def test_commands_queued_behind_a_hung_redis_get_an_error_by_the_pipelines_deadline(
+    client: CountingRedis, redis_server: RedisServer
+) -> None:
+    deadline_s = 0.3
+    pipeline = AutoPipeline(client, deadline_s=deadline_s, cap_s=deadline_s * 3)
+    redis_server.pause()
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # No deadline of the callers' own (the client's socket timeout is 2 s): only
+        # the pipeline's bounds the wait. The outer bound only keeps a failure short.
+        async with asyncio.timeout(5):
+            replies = await asyncio.gather(*(pipeline.submit("ECHO", str(i)) for i in range(10)))
+        waited = loop.time() - started
+    finally:
+        redis_server.resume()
+    assert all(isinstance(r, TimeoutError) for r in replies), replies
+    assert waited >= deadline_s - 0.001
+    assert waited < deadline_s + 1.0  # the deadline, with a generous margin
+    assert client.pipelines == 1  # the ten went out together
     assert await pipeline.execute("ECHO", "after") == "after"
 
 
@@ -146,10 +174,15 @@ async def store(settings: SessionSettings) -> AsyncIterator[RedisSessionStore]:
 async def test_scripts_are_loaded_again_after_redis_forgets_them(
     store: RedisSessionStore, redis_server: RedisServer
 ) -> None:
-    assert ((await store.apply("a", Ask.claim("eu-west")))[0]).cluster == "eu-west"
+    first, written = await store.apply("a", Ask.claim("eu-west"))
+    assert (first and first.cluster, written) == ("eu-west", True)
     with redis_server.client() as c:
         c.script_flush()  # as after a restart, or a failover to a replica
-    assert ((await store.apply("b", Ask.claim("us-east")))[0]).cluster == "us-east"
+        assert c.script_exists(PIN_SCRIPT_SHA) == [False]
+    second, written = await store.apply("b", Ask.claim("us-east"))
+    assert (second and second.cluster, written) == ("us-east", True)
+    with redis_server.client() as c:
+        assert c.script_exists(PIN_SCRIPT_SHA) == [True]  # loaded again
     assert [p and p.cluster for p in await store.read_many(["a", "b"])] == ["eu-west", "us-east"]
 
 

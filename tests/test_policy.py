@@ -8,7 +8,14 @@ import pytest
 
 from georouter.config import Cluster, Config, RouterSettings
 from georouter.core.location import Location, LocationSource
-from georouter.core.policy import Ranking, Reason, haversine_km
+from georouter.core.policy import (
+    Ranking,
+    Reason,
+    choose,
+    fallback_order,
+    haversine_km,
+    nearest_order,
+)
 from georouter.runtime import Runtime
 from tests.harness import SITES
 
@@ -141,13 +148,74 @@ def test_ties_are_broken_by_name_whatever_the_config_order() -> None:
         assert ranking.chosen.cluster.name == "alpha"
 
 
+def runtime(clusters: tuple[Cluster, ...] = CLUSTERS, *, fallback: str = "us-east") -> Runtime:
+    return Runtime.of(Config(clusters, RouterSettings(fallback=fallback)))
+
+
 def test_two_edges_with_the_same_inputs_rank_alike_and_health_changes_the_choice() -> None:
+    # Two edges: each builds its own snapshot from its own copy of the configuration.
+    edge_a = runtime(CLUSTERS)
+    edge_b = runtime(tuple(reversed(CLUSTERS)))
+    tokyo = at(35.0, 135.0)
     down = {"ap-northeast": "down"}
-    first = rank(at(35.0, 135.0), CLUSTERS, fallback="us-east", unroutable=down)
-    again = rank(at(35.0, 135.0), CLUSTERS, fallback="us-east", unroutable=down)
-    healthy = rank(at(35.0, 135.0), CLUSTERS, fallback="us-east", unroutable={})
-    assert first == again
+    first, again = edge_a.rank(tokyo, down), edge_b.rank(tokyo, down)
     assert first.chosen is not None
+    assert again.chosen is not None
+    assert first.chosen.cluster.name == again.chosen.cluster.name == "ap-sydney"
+    assert [c.as_json() for c in first.candidates] == [c.as_json() for c in again.candidates]
+    # Health is an input too: the same client, everything up, goes elsewhere.
+    healthy = edge_a.rank(tokyo, {})
     assert healthy.chosen is not None
     assert healthy.chosen.cluster.name == "ap-northeast"
-    assert first.chosen.cluster.name != "ap-northeast"
+    # And a snapshot keeps no memory of an earlier answer (its order cache holds no health).
+    assert edge_a.rank(tokyo, down).chosen == first.chosen
+
+
+def test_a_snapshot_of_other_clusters_does_not_reuse_anothers_orders() -> None:
+    tokyo = at(35.0, 135.0)
+    first = runtime(CLUSTERS).rank(tokyo, {})
+    assert first.chosen is not None
+    assert first.chosen.cluster.name == "ap-northeast"
+    west = tuple(c for c in CLUSTERS if c.name in {"us-west", "eu-west", "us-east"})
+    only_west = runtime(west)
+    ranking = only_west.rank(tokyo, {})
+    assert ranking.chosen is not None
+    assert ranking.chosen.cluster.name == "us-west"
+    assert {c.cluster.name for c in ranking.candidates} == {"us-west", "eu-west", "us-east"}
+
+
+def test_a_session_may_stay_on_a_configured_routable_cluster_only() -> None:
+    snapshot = runtime()
+    assert snapshot.usable("eu-west", {})
+    assert not snapshot.usable("eu-west", {"eu-west": "down"})
+    assert snapshot.usable("eu-west", {"us-east": "down"})
+    assert not snapshot.usable("gone-cluster", {})  # removed from the configuration
+
+
+def test_nearest_order_measures_every_cluster_from_the_point() -> None:
+    order = nearest_order(51.5074, -0.1278, CLUSTERS)  # London
+    assert [c.name for c, _ in order][:2] == ["eu-west", "eu-central"]
+    assert len(order) == len(CLUSTERS)
+    for cluster, distance in order:
+        assert distance == pytest.approx(haversine_km(51.5074, -0.1278, cluster.lat, cluster.lon))
+    distances = [d for _, d in order if d is not None]
+    assert distances == sorted(distances)
+    assert len(distances) == len(order)
+
+
+def test_fallback_order_starts_at_the_fallback_then_goes_by_distance_from_it() -> None:
+    order = fallback_order(CLUSTERS, "eu-west")
+    names = [c.name for c, _ in order]
+    assert names[0] == "eu-west"
+    assert names[1:] == [c.name for c, _ in nearest_order(*SITES["eu-west"], CLUSTERS)][1:]
+    assert all(d is None for _, d in order)  # not measured from the client
+
+
+def test_choose_takes_the_first_routable_cluster_of_an_order() -> None:
+    order = nearest_order(0.0, 0.0, CLUSTERS)
+    names = [c.name for c, _ in order]
+    ranking = choose(order, Reason.NEAREST, {names[0]: "down", names[1]: "draining"})
+    assert ranking.chosen is not None
+    assert ranking.chosen.cluster.name == names[2]
+    assert ranking.chosen_at == 2
+    assert choose(order, Reason.NEAREST, dict.fromkeys(names, "down")).chosen is None

@@ -19,17 +19,20 @@ from georouter.core.pin import Ask, Op, Pin
 from georouter.errors import StoreUnavailable
 from georouter.metrics import Metrics
 from georouter.sessions.clients import make_client, make_subscriber
+from georouter.sessions.deadline import cap_s
 from georouter.sessions.map import Resolution, SessionMap, Why
 from georouter.sessions.redisstore import RedisSessionStore
+from georouter.sessions.store import Change
 from tests.harness import until
 from tests.redis_harness import RedisServer
 from tests.sessions_harness import Clock, redis_now_ms, session_settings
 
 pytestmark = pytest.mark.anyio
 
-# Short enough that fault tests run fast, long enough that a loaded CI machine
-# does not time out against a healthy Redis.
-TIMEOUT_S = 0.25
+# Short enough that fault tests run fast (a call to a hung Redis is given
+# ``deadline.patience_s``: five times command + connect timeout, 0.5 s here), long
+# enough that a loaded CI machine does not time out against a healthy Redis.
+TIMEOUT_S = 0.05
 # The near cache's refresh tick in these tests: short, so nothing waits on it.
 TICK_S = 0.005
 # Sessions asked about at once in the tests of many sessions.
@@ -80,6 +83,21 @@ def values(redis_server: RedisServer, session_ids: list[str]) -> list[str | None
         return list(c.mget([key(sid) for sid in session_ids]))
 
 
+async def stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait for them to end (cancelling again any that ignored it:
+    a test must not hang; ``test_run_ends_when_cancelled_as_a_recheck_falls_due``
+    is the one that shows a task that ignores its cancellation)."""
+    for task in tasks:
+        task.cancel()
+    for _ in range(20):
+        _, pending = await asyncio.wait(tasks, timeout=0.5)
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+    raise AssertionError(f"tasks that would not end: {pending}")
+
+
 @contextlib.asynccontextmanager
 async def running(*work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
     """The map's background work running for the block (its errors fail the test)."""
@@ -88,8 +106,7 @@ async def running(*work: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
+            await stop(tasks)
 
 
 class Edges:
@@ -139,11 +156,8 @@ class Edges:
         return m
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await stop(self._tasks)
         for m in self._maps:
             await m.store.close()
 
@@ -324,10 +338,11 @@ async def test_a_session_forgotten_at_one_edge_is_not_restored_by_another(
             ),
             what="B to put its pins back",
         )
-    # ...but not the forgotten one.
-    assert values(redis_server, ["s1"]) == [None]
+    # ...but not the forgotten one (at most its tombstone).
+    [value] = values(redis_server, ["s1"])
+    assert value is None or value.startswith("!|"), value
     assert await edge_b.resolve("s1", None, everything) == Resolution(None, Why.NONE, False)
-    assert values(redis_server, ["s1"]) == [None]
+    assert values(redis_server, ["s1"]) == [value]
     fresh = await edge_b.resolve("s1", "us-east", everything)  # a new session now
     assert (pinned(fresh).cluster, fresh.why) == ("us-east", Why.NEW)
 
@@ -354,8 +369,9 @@ async def test_a_hung_redis_costs_each_request_at_most_the_timeout(
             assert same_pin(pinned(outcome), made)
     finally:
         redis_server.resume()
-    # Bounded by connect + command timeout; a generous margin for a busy machine.
-    assert max(durations) < 2 * TIMEOUT_S + 1.0
+    # Bounded by the call's patience (its cap if the loop was busy); a margin for a
+    # busy machine.
+    assert max(durations) < cap_s(m.settings) + 0.5
     # Once the breaker is open, requests do not wait on Redis at all.
     assert m.status().breaker is BreakerState.OPEN
     assert max(durations[3:]) < 0.05
@@ -524,18 +540,27 @@ async def test_without_redis_an_idle_session_is_forgotten_and_an_old_one_starts_
 
 class GatedStore(RedisSessionStore):
     """A real store whose claims wait at ``gate`` before they go to Redis: the claim
-    of a new session in flight, for as long as a test needs."""
+    of a new session in flight, for as long as a test needs. It counts the
+    announcements its map has handled."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gate = asyncio.Event()
         self.waiting = 0
+        self.handled = 0
 
     async def apply(self, session_id: str, ask: Ask) -> tuple[Pin | None, bool]:
         if ask.op is Op.CLAIM and not self.gate.is_set():
             self.waiting += 1
             await self.gate.wait()
         return await super().apply(session_id, ask)
+
+    async def changes(self) -> AsyncIterator[Change | None]:
+        async for change in super().changes():
+            yield change
+            # Asked for the next one: the map is done with this one.
+            if change is not None:
+                self.handled += 1
 
 
 @pytest.mark.parametrize("reply", ["lost", "arrives"])
@@ -558,7 +583,7 @@ async def test_a_pin_announced_while_this_edges_claim_is_in_flight_outlives_redi
         (pinned(o).cluster, o.why, o.degraded) == ("us-east", Why.NEW, False) for o in theirs
     )
     # B's announcements reach A before any reply to its claims.
-    await until(lambda: edge_a.status().remembered_pins == MANY, what="B's announcements")
+    await until(lambda: store.handled == MANY, what="B's announcements at A")
 
     if reply == "lost":
         redis_server.kill()  # A's claims never get an answer
@@ -839,3 +864,91 @@ async def test_a_refresh_answered_after_a_failover_does_not_bring_the_old_pin_ba
     read = await m.resolve("s1", "eu-west", everything)  # eu-west back up: stays moved
     assert (read.why, read.degraded) == (Why.STICKY, False)
     assert same_pin(pinned(read), pinned(moved))
+
+
+async def test_run_ends_when_cancelled_as_a_recheck_falls_due(
+    edges: Edges, redis_server: RedisServer
+) -> None:
+    """A task that ignores its cancellation hangs the shutdown of the edge (its task
+    group waits for it). Python 3.11's ``asyncio.wait_for`` drops the cancellation
+    when what it waits for completes in the same turn: here, the recheck that a new
+    subscription asks for (``follow_changes``), set by hand since only the test can
+    time it."""
+    for _ in range(20):
+        m = edges.make()
+        task = asyncio.create_task(m.run())
+        await until(lambda: epoch_set(redis_server), what="run() to start")
+        await asyncio.sleep(0.01)  # waiting for its next round
+        m._recheck.set()  # private: the moment nothing public can pick
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        try:
+            assert task in done, "run() went on after it was cancelled"
+            assert task.cancelled()
+        finally:
+            await stop([task])
+
+
+# -- defects found in the production code (these fail until it is fixed) -------------
+
+
+async def test_a_forget_that_failed_still_leaves_the_pin_made_here_to_write_back(
+    edges: Edges, redis_server: RedisServer
+) -> None:
+    edge_a, edge_b = edges.make(), edges.make()
+    redis_server.pause()  # a hiccup: A's calls time out (the breaker stays closed)
+    try:
+        made = await edge_a.resolve("s1", "eu-west", everything)
+        assert (made.why, made.degraded) == (Why.NEW, True)
+        assert edge_a.status().pending_write_back == 1
+        with pytest.raises(StoreUnavailable):
+            await edge_a.forget("s1")  # nothing was forgotten, and the admin is told so
+    finally:
+        redis_server.resume()
+    assert edge_a.status().breaker is BreakerState.CLOSED
+    # A still serves s1 from its memory, so the pin it made must still reach Redis.
+    assert edge_a.status().pending_write_back == 1
+    async with running(edge_a.run()):
+        await until(
+            lambda: values(redis_server, ["s1"]) != [None],
+            timeout_s=3,
+            what="A's pin to be written back",
+        )
+    # Another edge then follows A's pin instead of making one of its own.
+    followed = await edge_b.resolve("s1", "us-east", everything)
+    assert (pinned(followed).cluster, followed.why) == ("eu-west", Why.STICKY)
+
+
+async def test_a_redis_restarted_empty_does_not_bring_back_a_session_forgotten_meanwhile(
+    edges: Edges, redis_server: RedisServer
+) -> None:
+    metrics_a, metrics_b = Metrics(), Metrics()
+    edge_a = edges.make(metrics=metrics_a, retry_interval_s=0.02)
+    # B hears no announcements: as when its channel is down and reconnecting.
+    edge_b = edges.make(metrics=metrics_b, retry_interval_s=0.02)
+    for m in (edge_a, edge_b):
+        assert not await m.store.lost_data()  # each edge has seen this Redis's epoch
+    async with running(edge_a.run(), edge_b.run()):
+        await edge_a.resolve("s1", "eu-west", everything)
+        assert pinned(await edge_b.resolve("s1", "us-east", everything)).cluster == "eu-west"
+        await edge_a.forget("s1")  # B missed the announcement
+        [tombstone] = values(redis_server, ["s1"])
+        assert tombstone is not None
+        assert tombstone.startswith("!|")
+
+        redis_server.restart_empty()
+        await until(
+            lambda: (
+                all(
+                    counter(m, "georouter_redis_data_lost_total") == 1
+                    for m in (metrics_a, metrics_b)
+                )
+                and edge_a.status().pending_write_back == 0
+                and edge_b.status().pending_write_back == 0
+            ),
+            what="both edges to put back what they remember",
+        )
+    # A remembers the forget, newer than B's pin: the session stays forgotten.
+    [value] = values(redis_server, ["s1"])
+    assert value is None or value.startswith("!|"), value
+    assert await edge_b.resolve("s1", None, everything) == Resolution(None, Why.NONE, False)

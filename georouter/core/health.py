@@ -11,8 +11,10 @@ beside a dead cluster never sends it a request.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from types import MappingProxyType
 
 
 class Status(StrEnum):
@@ -78,4 +80,15 @@ def observe(
         since=now if status is not state.status else state.since,
         last_probe_at=now,
         last_detail=result.detail,
+    )
+
+
+def unroutable(states: Mapping[str, HealthState]) -> Mapping[str, str]:
+    """The clusters that take no traffic now, each with why: the policy's input."""
+    return MappingProxyType(
+        {
+            name: "down" if st.status is Status.DOWN else "not probed yet"
+            for name, st in states.items()
+            if not st.routable
+        }
     )

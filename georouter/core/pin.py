@@ -18,9 +18,11 @@ the outage memory that applies it while Redis is away.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import NamedTuple
 
+_DIGITS = re.compile(r"[0-9]{1,19}")
 SEPARATOR = "|"
 TOMBSTONE = "!"
 
@@ -50,7 +52,8 @@ class Pin(NamedTuple):
         if len(parts) != 3:
             return None
         cluster, at, version = parts
-        if not cluster or not at.isdigit() or not version.isdigit():
+        # ASCII digits only, as the Lua script reads them: str.isdigit also takes "²".
+        if not cluster or not _DIGITS.fullmatch(at) or not _DIGITS.fullmatch(version):
             return None
         return cls(cluster, int(at), int(version), ttl_ms)
 

@@ -20,12 +20,12 @@ from typing import Any
 import maxminddb
 
 from georouter.config import GeoipSettings
+from georouter.core.clientip import IPAddress
 from georouter.core.location import Location, LocationSource
 from georouter.errors import ConfigError, GeoDatabaseError, Problem
 
 log = logging.getLogger(__name__)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # IPv4 keys are shifted above the IPv6 space so one sorted cache holds both.
 _V4_OFFSET = 1 << 128

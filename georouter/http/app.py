@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -40,7 +39,7 @@ from georouter.http.common import (
     send_json,
 )
 from georouter.metrics import Metrics
-from georouter.probes.active import HealthMonitor
+from georouter.probes.active import HealthMonitor, probe_client
 from georouter.router import Router
 from georouter.runtime import Runtime
 from georouter.sessions.clients import make_client, make_subscriber
@@ -95,6 +94,9 @@ def create_app(
     given the shared board its prober publishes to instead.
     """
 
+    def clock_ms() -> int:
+        return int(clock() * 1000)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
@@ -108,23 +110,19 @@ def create_app(
                     geo.info.age_days,
                     config.geoip.max_age_days,
                 )
-            http = await stack.enter_async_context(
-                httpx.AsyncClient(headers={"user-agent": "georouter-health/1"})
-            )
+            http = await stack.enter_async_context(probe_client())
             metrics = Metrics()
             sessions = None
             if config.sessions.redis is not None:
                 store = RedisSessionStore(
                     make_client(config.sessions.redis, config.sessions),
                     config.sessions,
-                    clock_ms=lambda: int(clock() * 1000),
+                    clock_ms=clock_ms,
                     origin=secrets.token_hex(8),
                     subscriber=make_subscriber(config.sessions.redis, config.sessions),
                 )
                 stack.push_async_callback(store.close)
-                sessions = SessionMap(
-                    store, config.sessions, metrics, clock_ms=lambda: int(clock() * 1000)
-                )
+                sessions = SessionMap(store, config.sessions, metrics, clock_ms=clock_ms)
                 log.info("sessions shared through %s", config.sessions.redis.redacted)
             monitor = None
             source: HealthSource

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from georouter.core.location import LocationSource
+from georouter.core.policy import Reason
+
 _ERROR = {
     "type": "object",
     "required": ["error", "message"],
@@ -22,7 +25,7 @@ _LOCATION = {
         "lon": {"type": ["number", "null"]},
         "country": {"type": ["string", "null"], "description": "ISO 3166-1 alpha-2"},
         "accuracy_km": {"type": ["number", "null"]},
-        "source": {"type": "string", "enum": ["geoip"]},
+        "source": {"type": "string", "enum": [s.value for s in LocationSource]},
     },
 }
 
@@ -32,7 +35,7 @@ _DECISION = {
     "properties": {
         "cluster": {"type": ["string", "null"]},
         "url": {"type": ["string", "null"]},
-        "reason": {"type": "string", "enum": ["nearest", "fallback", "sticky", "failover"]},
+        "reason": {"type": "string", "enum": [r.value for r in Reason]},
         "client_ip": {"type": ["string", "null"]},
         "location": {"$ref": "#/components/schemas/Location"},
         "distance_km": {"type": ["number", "null"]},

@@ -10,14 +10,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 
 import httpx
 
 from georouter.config import Cluster, HealthSettings
-from georouter.core.health import HealthState, ProbeResult, Status, observe
+from georouter.core.health import HealthState, ProbeResult, Status, observe, unroutable
 
 log = logging.getLogger(__name__)
+
+
+def probe_client() -> httpx.AsyncClient:
+    """The one HTTP client a process's probes share (its owner closes it)."""
+    return httpx.AsyncClient(headers={"user-agent": "georouter-health/1"})
 
 
 def probe_url(cluster: Cluster, settings: HealthSettings) -> str:
@@ -70,13 +74,7 @@ class HealthMonitor:
         return self._unroutable
 
     def _build_unroutable(self) -> Mapping[str, str]:
-        return MappingProxyType(
-            {
-                name: "down" if st.status is Status.DOWN else "not probed yet"
-                for name, st in self.states.items()
-                if not st.routable
-            }
-        )
+        return unroutable(self.states)
 
     async def probe(self, cluster: Cluster) -> ProbeResult:
         url = probe_url(cluster, self.settings)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from georouter.config import Cluster
-from georouter.core.health import HealthState, Status
+from georouter.core.health import HealthState, Status, unroutable
 
 _HEADER = struct.Struct("<QB")  # sequence, first round done
 # status, consecutive ok, consecutive failed, probes, since, last probe at, detail
@@ -97,13 +97,7 @@ class HealthBoard:
         if _HEADER.unpack_from(self._mem, 0)[0] != seq:
             return  # overwritten while reading: read again next time
         self._states = MappingProxyType(states)
-        self._unroutable = MappingProxyType(
-            {
-                name: "down" if st.status is Status.DOWN else "not probed yet"
-                for name, st in states.items()
-                if not st.routable
-            }
-        )
+        self._unroutable = unroutable(states)
         self._ready = bool(ready)
         self._seen = seq
 

@@ -21,11 +21,9 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import httpx
-
 from georouter.config import Config
 from georouter.http.app import create_app
-from georouter.probes.active import HealthMonitor
+from georouter.probes.active import HealthMonitor, probe_client
 from georouter.probes.board import HealthBoard
 from georouter.serve.server import ServerKind, event_loop_factory, serve, sibling, stop_on_signals
 from georouter.sessions.embedded import die_with_parent
@@ -51,7 +49,7 @@ def _prober(config: Config, board: HealthBoard) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
-        async with httpx.AsyncClient(headers={"user-agent": "georouter-health/1"}) as http:
+        async with probe_client() as http:
 
             def publish() -> None:
                 # Until its first round is done a new prober keeps quiet, so workers

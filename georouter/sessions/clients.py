@@ -21,6 +21,7 @@ from redis.backoff import NoBackoff
 
 from georouter.config import SessionSettings
 from georouter.config.redisurl import RedisMode, RedisTarget
+from georouter.sessions.deadline import cap_s
 
 
 def _no_retry() -> Retry:
@@ -28,10 +29,13 @@ def _no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
-def _options(settings: SessionSettings, *, read_timeout_s: float | None) -> dict[str, Any]:
+def _options(settings: SessionSettings, *, reads_wait: bool = False) -> dict[str, Any]:
+    # Backstops only: the store's fair deadline decides (see ``deadline``). A plain
+    # 50 ms socket timeout fired whenever the edge itself was busy.
+    backstop_s = cap_s(settings)
     return {
-        "socket_timeout": read_timeout_s,
-        "socket_connect_timeout": settings.connect_timeout_s,
+        "socket_timeout": None if reads_wait else backstop_s,
+        "socket_connect_timeout": backstop_s,
         "retry": _no_retry(),
         "decode_responses": True,
     }
@@ -43,7 +47,7 @@ def _sentinel_master(
     """A client for the master that the Sentinels name (found again after a failover)."""
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         list(target.nodes),
-        sentinel_kwargs=_options(settings, read_timeout_s=settings.command_timeout_s),
+        sentinel_kwargs=_options(settings),
         **options,
     )
     return sentinel.master_for(
@@ -76,14 +80,14 @@ def check_target(target: RedisTarget) -> None:
 
 def make_client(target: RedisTarget, settings: SessionSettings) -> Any:
     """A redis-py asyncio client for ``target``, with timeouts and no retries."""
-    options = _options(settings, read_timeout_s=settings.command_timeout_s)
+    options = _options(settings)
     if target.mode is RedisMode.STANDALONE:
         # Blocking: over `pool_size` in flight, a request waits (up to the timeout)
         # for a connection instead of failing at once with MaxConnectionsError.
         pool = aioredis.BlockingConnectionPool.from_url(
             target.url,
             max_connections=settings.pool_size,
-            timeout=settings.command_timeout_s,
+            timeout=cap_s(settings),
             **options,
         )
         # from_pool: the client owns the pool, so closing the client closes its connections.
@@ -106,7 +110,7 @@ def make_subscriber(target: RedisTarget, settings: SessionSettings) -> Any | Non
     None for Redis Cluster, where georouter keeps no near cache (every sticky
     read asks Redis).
     """
-    options = _options(settings, read_timeout_s=None)
+    options = _options(settings, reads_wait=True)
     if target.mode is RedisMode.STANDALONE:
         return aioredis.Redis.from_url(target.url, **options)
     if target.mode is RedisMode.SENTINEL:

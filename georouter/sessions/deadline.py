@@ -1,17 +1,20 @@
-"""A deadline for a call to Redis that does not count this process's own busy time.
+"""How long a call to Redis may take, and a deadline that does not count this process's busy time.
 
-A plain ``asyncio.timeout`` measures the event loop as much as Redis: when the
-loop is busy (a burst of new requests, a garbage collection, start-up), a
-reply that Redis sent on time waits in the socket behind our own work, the
-timer fires first, and a healthy Redis is declared dead. On a loaded two-core
-machine that split sessions between edges: one edge's breaker opened and it
-pinned on its own while the other pinned in Redis.
+``command_timeout_s + connect_timeout_s`` is how long a healthy Redis takes to
+answer. A call is given ``PATIENCE`` times that before Redis counts as slow or
+gone, because on a busy machine a healthy Redis's answers take several times
+their usual time: on this project's two-core machine, with two edges taking a
+burst of 360 new sessions from 64 clients while another process kept a core
+busy, a pin round trip took up to 220 ms (p90 110 ms) against a 100 ms budget.
+Counting those as failures opened the breaker of a healthy Redis, and the edge
+pinned sessions on its own while the other pinned them in Redis: a split. A
+burst must be slow, not split; a hung Redis still costs at most the patience,
+once, before the breaker opens and requests stop waiting.
 
-``fair_timeout`` checks, when the deadline passes, how late its own timer ran.
-A timer that ran late means the loop was busy, so the call gets another
-deadline from now; a timer that ran on time means the loop was free and
-Redis did not answer, so the call is cancelled. ``cap_s`` bounds the whole
-wait, so a loop that stays busy while Redis is really gone still gives up.
+``fair_timeout`` is that wait. When it passes it checks how late its own timer
+ran: a timer that ran late means the event loop was busy (a garbage
+collection, a burst), and a reply Redis sent on time may be waiting behind our
+own work, so the call gets more time, up to ``cap_s`` in all.
 """
 
 from __future__ import annotations
@@ -20,9 +23,28 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from georouter.config import SessionSettings
+
 # A timer that runs this much after its time says the loop was busy. A free loop
 # runs timers within about a millisecond.
 LATE_S = 0.005
+# How many times its usual time a call is given (see above).
+PATIENCE = 5
+# And how much more when the event loop itself was busy.
+BUSY_EXTRA = 0.5
+
+
+def patience_s(settings: SessionSettings) -> float:
+    """How long a call waits, in time the event loop was free, before Redis counts
+    as slow or gone."""
+    return (settings.command_timeout_s + settings.connect_timeout_s) * PATIENCE
+
+
+def cap_s(settings: SessionSettings) -> float:
+    """The longest a call waits in all, however busy the loop. redis-py's own
+    timeouts (socket, connect, a pooled connection) are set to this, as backstops:
+    they measure the loop's lag as well as Redis, so the fair deadline decides."""
+    return patience_s(settings) * (1 + BUSY_EXTRA)
 
 
 @asynccontextmanager
@@ -30,7 +52,7 @@ async def fair_timeout(deadline_s: float, *, cap_s: float) -> AsyncIterator[None
     """Raise ``TimeoutError`` after ``deadline_s`` of a free event loop, or ``cap_s`` in all."""
     loop = asyncio.get_running_loop()
     start = loop.time()
-    async with asyncio.timeout(start + max(cap_s, deadline_s)) as whole:
+    async with asyncio.timeout_at(start + max(cap_s, deadline_s)) as whole:
         handle: asyncio.TimerHandle | None = None
 
         def check(due: float) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from enum import StrEnum
@@ -38,7 +37,7 @@ from georouter.errors import StoreUnavailable
 from georouter.metrics import Metrics
 from georouter.sessions.nearcache import NearCache
 from georouter.sessions.outage import OutageMemory
-from georouter.sessions.store import SessionStore
+from georouter.sessions.store import SessionStore, wall_clock_ms
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ class SessionMap:
         settings: SessionSettings,
         metrics: Metrics,
         *,
-        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock_ms: Callable[[], int] = wall_clock_ms,
         refresh_tick_s: float = REFRESH_TICK_S,
     ) -> None:
         self.store = store
@@ -149,7 +148,7 @@ class SessionMap:
     async def _resolve_in_store(
         self, session_id: str, preferred: str | None, usable: Callable[[str], bool]
     ) -> Resolution:
-        if preferred is not None and not self._memory.knows(session_id):
+        if preferred is not None and not self._memory.knows(session_id, self._clock_ms()):
             # New to this edge: pin it, unless another edge has pinned it already, in
             # one round trip either way.
             held, made = await self._ask(session_id, Ask.claim(preferred))
@@ -271,7 +270,7 @@ class SessionMap:
         self._near.invalidate(session_id)
         if pin is None:
             return
-        if self._memory.knows(session_id) or session_id in self._asking:
+        if self._memory.knows(session_id, self._clock_ms()) or session_id in self._asking:
             self._memory.offer(session_id, pin, self._clock_ms())
             if pin.forgotten:
                 self._pending.pop(session_id, None)
@@ -280,8 +279,9 @@ class SessionMap:
 
     async def forget(self, session_id: str) -> None:
         """Forget a session everywhere (raises StoreUnavailable: an admin must know)."""
-        self._pending.pop(session_id, None)
         await self._ask(session_id, Ask.forget())
+        # Only now: a forget that failed leaves a pin made here still to be written back.
+        self._pending.pop(session_id, None)
 
     async def peek(self, session_id: str) -> Pin | None:
         pin = await self.store.peek(session_id)
@@ -332,10 +332,12 @@ class SessionMap:
         return written
 
     def _offer_everything_back(self) -> None:
-        """Queue every live pin this edge remembers, to be put back (newest version wins)."""
+        """Queue every pin this edge remembers, to be put back (newest version wins).
+        Tombstones too: an edge that missed a forget must not bring the session back
+        where another edge remembers the forget."""
         now = self._clock_ms()
         for session_id, pin in self._memory.items(now):
-            if session_id not in self._pending and pin.alive(now, self._max_age_ms):
+            if session_id not in self._pending and not pin.expired(now, self._max_age_ms):
                 self._queue(session_id, Ask.put_back(pin))
 
     async def run(self) -> None:
@@ -345,8 +347,11 @@ class SessionMap:
         with contextlib.suppress(StoreUnavailable):
             await self.store.lost_data()
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the task's
+            # cancellation when the event is set at that moment, and the task never ends.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._recheck.wait(), self.settings.retry_interval_s)
+                async with asyncio.timeout(self.settings.retry_interval_s):
+                    await self._recheck.wait()
             self._recheck.clear()
             try:
                 if not self._breaker.allows:

@@ -40,8 +40,10 @@ class OutageMemory:
         self._entries.move_to_end(session_id)
         return Pin(cluster, pinned_at_ms, version, self.ttl_ms)
 
-    def knows(self, session_id: str) -> bool:
-        return session_id in self._entries
+    def knows(self, session_id: str, now_ms: int) -> bool:
+        """Whether a pin (or tombstone) of the session is held and not expired; not a use."""
+        entry = self._entries.get(session_id)
+        return entry is not None and entry[3] > now_ms
 
     def offer(self, session_id: str, pin: Pin, now_ms: int) -> bool:
         """Keep ``pin`` unless a newer version is held; True if it was kept."""

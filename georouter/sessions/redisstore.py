@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -26,14 +25,11 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from georouter.config import SessionSettings
 from georouter.core.pin import Ask, Op, Pin
 from georouter.errors import StoreUnavailable
-from georouter.sessions.deadline import fair_timeout
+from georouter.sessions.deadline import cap_s, fair_timeout, patience_s
 from georouter.sessions.pipelining import AutoPipeline
 from georouter.sessions.scripts import EPOCH_SCRIPT, PIN_SCRIPT, READ_MANY_SCRIPT
-from georouter.sessions.store import Change
+from georouter.sessions.store import Change, wall_clock_ms
 
-# Whatever a call does, it gives up after this many of its deadlines even when
-# the event loop stays busy (see ``deadline``).
-PATIENCE = 10
 # Redis Cluster's first slot discovery has its own, longer deadline.
 STARTUP_TIMEOUT_S = 2.0
 REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
@@ -42,6 +38,25 @@ REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 def unavailable(exc: BaseException) -> StoreUnavailable:
     """The one translation of a Redis client error into ours."""
     return StoreUnavailable(f"{type(exc).__name__}: {exc}")
+
+
+class _KeepsCancellation:
+    """Re-raise a cancellation that redis-py swallowed.
+
+    redis-py (8.1 here) can swallow a ``CancelledError`` that reaches it while it
+    opens a connection: the call then returns, or fails, as if never cancelled,
+    and a background task cancelled at shutdown goes on forever. The task still
+    counts the request (``Task.cancelling``), so it is raised again here.
+    """
+
+    def __enter__(self) -> None:
+        task = asyncio.current_task()
+        self._task = task
+        self._before = task.cancelling() if task is not None else 0
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None and self._task.cancelling() > self._before:
+            raise asyncio.CancelledError
 
 
 def _checked(reply: Any) -> Any:
@@ -62,7 +77,7 @@ class RedisSessionStore:
         client: Any,
         settings: SessionSettings,
         *,
-        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock_ms: Callable[[], int] = wall_clock_ms,
         origin: str = "",
         subscriber: Any | None = None,
     ) -> None:
@@ -74,8 +89,8 @@ class RedisSessionStore:
         self._max_age_ms = int(settings.max_ttl_s * 1000)
         # A bound on each call, whatever the client library does inside it
         # (connecting, Sentinel discovery), counting only time the loop was free.
-        self._deadline_s = settings.command_timeout_s + settings.connect_timeout_s
-        self._cap_s = self._deadline_s * PATIENCE
+        self._deadline_s = patience_s(settings)
+        self._cap_s = cap_s(settings)
         self._clock_ms = clock_ms
         self._pin_script = client.register_script(PIN_SCRIPT)
         self._read_many_script = client.register_script(READ_MANY_SCRIPT)
@@ -102,10 +117,11 @@ class RedisSessionStore:
 
     async def _call(self, op: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         try:
-            if self._needs_init:
-                await self._initialize()
-            async with fair_timeout(self._deadline_s, cap_s=self._cap_s):
-                return await op()
+            with _KeepsCancellation():
+                if self._needs_init:
+                    await self._initialize()
+                async with fair_timeout(self._deadline_s, cap_s=self._cap_s):
+                    return await op()
         except REDIS_ERRORS as exc:
             raise unavailable(exc) from exc
 
@@ -228,11 +244,13 @@ class RedisSessionStore:
             return
         pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
         try:
-            async with asyncio.timeout(self._deadline_s * 4):
-                await pubsub.subscribe(self.channel)
+            with _KeepsCancellation():
+                async with fair_timeout(self._deadline_s, cap_s=self._cap_s):
+                    await pubsub.subscribe(self.channel)
             yield None
             while True:
-                message = await pubsub.get_message(timeout=None)
+                with _KeepsCancellation():
+                    message = await pubsub.get_message(timeout=None)
                 if message is None or message.get("type") != "message":
                     continue
                 origin, _, rest = str(message["data"]).partition(" ")

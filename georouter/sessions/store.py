@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import NamedTuple, Protocol
 
 from georouter.core.pin import Ask, Pin
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the epoch: the clock session maps and stores read unless given one."""
+    return time.time_ns() // 1_000_000
 
 
 class Change(NamedTuple):

@@ -1,88 +1,13 @@
-"""Pins and the bounded local memory of them (pure, explicit clock)."""
+"""The near cache: pins read from Redis, used for a while without asking again (pure,
+explicit clock)."""
 
 from __future__ import annotations
 
-import pytest
-
-from georouter.core.breaker import Breaker, BreakerState
 from georouter.core.pin import Pin
-from georouter.sessions.outage import OutageMemory
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        pytest.param("eu-west|1700000000000", Pin("eu-west", 1700000000000), id="ours"),
-        pytest.param(b"ap-sydney|5", Pin("ap-sydney", 5), id="bytes"),
-        pytest.param("!|42", Pin("!", 42), id="tombstone"),
-        pytest.param("eu-west", None, id="no-separator"),
-        pytest.param("|5", None, id="no-cluster"),
-        pytest.param("eu-west|soon", None, id="no-time"),
-        pytest.param("", None, id="empty"),
-    ],
-)
-def test_pin_values_decode(raw: str | bytes, expected: Pin | None) -> None:
-    assert Pin.decode(raw) == expected
-
-
-def test_pin_round_trips_and_knows_its_age() -> None:
-    pin = Pin("eu-west", 1_000)
-    assert Pin.decode(pin.encode()) == pin
-    assert not pin.forgotten
-    assert Pin("!", 1).forgotten
-    assert not pin.expired(now_ms=1_000 + 500, max_age_ms=500)
-    assert pin.expired(now_ms=1_000 + 501, max_age_ms=500)
-    assert not pin.expired(now_ms=10**15, max_age_ms=0)  # 0: no cap
-
-
-def test_outage_memory_forget_after_the_sliding_ttl() -> None:
-    pins = OutageMemory(capacity=10, ttl_ms=100)
-    pins.offer("s1", Pin("eu-west", 0), now_ms=0)
-    assert pins.get("s1", now_ms=99) == Pin("eu-west", 0, 0, 100)
-    # The read slid the expiry to 199.
-    assert pins.get("s1", now_ms=198) is not None
-    assert pins.get("s1", now_ms=298) is None
-    assert len(pins) == 0
-
-
-def test_outage_memory_keep_only_the_most_recently_used() -> None:
-    pins = OutageMemory(capacity=2, ttl_ms=1000)
-    pins.offer("a", Pin("c1", 0), now_ms=0)
-    pins.offer("b", Pin("c2", 0), now_ms=0)
-    pins.get("a", now_ms=1)  # a is now the most recent
-    pins.offer("c", Pin("c3", 0), now_ms=2)
-    assert len(pins) == 2
-    assert pins.get("b", now_ms=3) is None
-    assert pins.get("a", now_ms=3) is not None
-    assert pins.get("c", now_ms=3) is not None
-
-
-def test_outage_memory_with_no_capacity_keep_nothing() -> None:
-    pins = OutageMemory(capacity=0, ttl_ms=1000)
-    pins.offer("a", Pin("c1", 0), now_ms=0)
-    assert pins.get("a", now_ms=0) is None
-
-
-def test_breaker_opens_after_consecutive_failures_only() -> None:
-    breaker = Breaker(failures_to_open=3)
-    assert breaker.allows
-    assert not breaker.failure()
-    assert not breaker.failure()
-    breaker.success()  # resets the count
-    assert not breaker.failure()
-    assert not breaker.failure()
-    assert breaker.failure()  # the third in a row opens it
-    assert breaker.state is BreakerState.OPEN
-    assert not breaker.allows
-    assert not breaker.failure()  # already open: not "opened" again
-    breaker.close()
-    assert breaker.allows
-    assert breaker.consecutive_failures == 0
+from georouter.sessions.nearcache import NearCache
 
 
 def test_near_cache_serves_only_while_active() -> None:
-    from georouter.sessions.nearcache import NearCache
-
     near = NearCache(capacity=10, ttl_ms=1000)
     near.put("s1", Pin("eu-west", 0), now_ms=0, mark=near.mark())
     assert near.get("s1", now_ms=1) is None  # not subscribed yet: nothing is kept
@@ -97,8 +22,6 @@ def test_near_cache_serves_only_while_active() -> None:
 
 
 def test_near_cache_drops_invalidated_sessions_and_refuses_raced_reads() -> None:
-    from georouter.sessions.nearcache import NearCache
-
     near = NearCache(capacity=10, ttl_ms=1000)
     near.activate()
     near.put("s1", Pin("eu-west", 0), now_ms=0, mark=near.mark())
@@ -114,8 +37,6 @@ def test_near_cache_drops_invalidated_sessions_and_refuses_raced_reads() -> None
 
 
 def test_a_read_begun_before_activation_is_not_cached() -> None:
-    from georouter.sessions.nearcache import NearCache
-
     near = NearCache(capacity=10, ttl_ms=1000)
     mark = near.mark()
     near.activate()
@@ -126,8 +47,6 @@ def test_a_read_begun_before_activation_is_not_cached() -> None:
 
 
 def test_near_cache_is_bounded() -> None:
-    from georouter.sessions.nearcache import NearCache
-
     near = NearCache(capacity=3, ttl_ms=1000)
     near.activate()
     for i in range(10):
@@ -136,8 +55,6 @@ def test_near_cache_is_bounded() -> None:
 
 
 def test_a_full_near_cache_drops_the_oldest_sessions_not_in_use() -> None:
-    from georouter.sessions.nearcache import NearCache
-
     near = NearCache(capacity=16, ttl_ms=1000)
     near.activate()
     for i in range(16):
@@ -152,8 +69,6 @@ def test_a_full_near_cache_drops_the_oldest_sessions_not_in_use() -> None:
 
 
 def test_a_burst_of_new_sessions_does_not_push_out_the_sessions_in_use() -> None:
-    from georouter.sessions.nearcache import NearCache
-
     near = NearCache(capacity=80, ttl_ms=10_000)
     near.activate()
     for i in range(10):
@@ -168,8 +83,6 @@ def test_a_burst_of_new_sessions_does_not_push_out_the_sessions_in_use() -> None
 
 
 def test_when_every_session_is_in_use_the_oldest_still_make_room() -> None:
-    from georouter.sessions.nearcache import NearCache
-
     near = NearCache(capacity=8, ttl_ms=1000)
     near.activate()
     for i in range(8):
@@ -182,8 +95,6 @@ def test_when_every_session_is_in_use_the_oldest_still_make_room() -> None:
 
 
 def test_near_cache_lists_pins_in_use_past_half_their_life_as_due() -> None:
-    from georouter.sessions.nearcache import NearCache
-
     near = NearCache(capacity=10, ttl_ms=1000)
     near.activate()
     for sid in ("busy", "idle", "young"):
@@ -203,8 +114,6 @@ def test_near_cache_lists_pins_in_use_past_half_their_life_as_due() -> None:
 
 
 def test_near_cache_takes_due_sessions_in_bounded_batches_and_forgets_invalidated_ones() -> None:
-    from georouter.sessions.nearcache import NearCache
-
     near = NearCache(capacity=100, ttl_ms=1000)
     near.activate()
     for i in range(5):
@@ -219,8 +128,6 @@ def test_near_cache_takes_due_sessions_in_bounded_batches_and_forgets_invalidate
 
 
 def test_a_refreshed_pin_is_not_due_again_and_an_expired_one_is_forgotten() -> None:
-    from georouter.sessions.nearcache import NearCache
-
     near = NearCache(capacity=10, ttl_ms=1000)
     near.activate()
     near.put("busy", Pin("c", 0), now_ms=0, mark=near.mark())
@@ -231,3 +138,21 @@ def test_a_refreshed_pin_is_not_due_again_and_an_expired_one_is_forgotten() -> N
     near.get("gone", now_ms=600)
     assert near.get("gone", now_ms=1000) is None  # expired here before its refresh ran
     assert near.take_due(10) == []  # so there is nothing to refresh
+
+
+def test_a_cached_pin_keeps_its_version_and_the_ttl_it_was_read_with() -> None:
+    near = NearCache(capacity=10, ttl_ms=1000)
+    near.activate()
+    near.put("s1", Pin("eu-west", 5, 42, ttl_ms=30_000), now_ms=0, mark=near.mark())
+    assert near.get("s1", now_ms=1) == Pin("eu-west", 5, 42, ttl_ms=30_000)
+    # Read again with a newer version (another edge failed it over): the newer one serves.
+    near.put("s1", Pin("us-east", 5, 43, ttl_ms=30_000), now_ms=2, mark=near.mark())
+    assert near.get("s1", now_ms=3) == Pin("us-east", 5, 43, ttl_ms=30_000)
+
+
+def test_a_near_cache_with_no_ttl_keeps_nothing() -> None:
+    near = NearCache(capacity=10, ttl_ms=0)  # near_cache_s = 0: off
+    near.activate()
+    near.put("s1", Pin("eu-west", 0), now_ms=0, mark=near.mark())
+    assert near.get("s1", now_ms=0) is None
+    assert len(near) == 0

@@ -9,6 +9,7 @@ the tests. It holds the current runtime snapshot; each request uses one.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Protocol
 
 from georouter.core.clientip import IPAddress
@@ -28,11 +29,16 @@ class HealthView(Protocol):
     def unroutable(self) -> Mapping[str, str]: ...
 
 
+_NONE_DOWN: Mapping[str, str] = MappingProxyType({})
+
+
 class AssumeAllUp:
     """The health view of an offline tool: every cluster is taken to be up."""
 
     def unroutable(self) -> Mapping[str, str]:
-        return {}
+        # One value, as a real health view is until health changes (Runtime.usable
+        # reuses its test while the view is the same).
+        return _NONE_DOWN
 
 
 _REASONS = {Why.FAILOVER: Reason.FAILOVER, Why.STICKY: Reason.STICKY}
@@ -98,7 +104,7 @@ class Router:
         chosen = ranking.chosen_at
         preferred = ranking.order[chosen][0].name if chosen is not None else None
         pin, why, degraded = await self._sessions.resolve(
-            session_id, preferred, lambda name: rt.usable(name, unroutable)
+            session_id, preferred, rt.usable(unroutable)
         )
         view = SessionView(session_id, pin, degraded)
         if why is not Why.STICKY or pin is None:

@@ -10,7 +10,7 @@ else copies configuration.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from georouter.config import Cluster, Config
@@ -32,6 +32,11 @@ class Runtime:
     # The order for a position depends only on the position and the clusters (health
     # only picks within it): computed once per position, for this snapshot's life.
     _orders: dict[tuple[float, float], Order] = field(default_factory=dict, repr=False)
+    # The last health view seen and its routable names: a health view is one value
+    # until health changes, so nearly every request reuses the test.
+    _routable: list[tuple[Mapping[str, str], Callable[[str], bool]]] = field(
+        default_factory=list, repr=False
+    )
 
     @classmethod
     def of(cls, config: Config) -> Runtime:
@@ -64,6 +69,11 @@ class Runtime:
         order, reason = self.order(location)
         return choose(order, reason, unroutable)
 
-    def usable(self, name: str, unroutable: Mapping[str, str]) -> bool:
-        """Whether a session pinned to ``name`` may stay there."""
-        return name in self.clusters and name not in unroutable
+    def usable(self, unroutable: Mapping[str, str]) -> Callable[[str], bool]:
+        """Whether a session pinned to a cluster may stay there: configured, routable."""
+        last = self._routable
+        if last and last[0][0] is unroutable:
+            return last[0][1]
+        test = frozenset(n for n in self.clusters if n not in unroutable).__contains__
+        self._routable[:] = [(unroutable, test)]
+        return test

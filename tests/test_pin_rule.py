@@ -99,6 +99,20 @@ CASES = {
     "restore_of_a_pin_past_its_age_cap_writes_nothing": Case(
         None, Ask.put_back(Pin("x", ANCIENT, 5)), None, "stored", "stored", False
     ),
+    "a_pin_made_without_redis_leaves_a_forget_made_after_it": Case(
+        p(TOMBSTONE, OLD, 9), Ask.claim("x")._replace(since=5), TOMBSTONE, "stored", "stored", False
+    ),
+    "a_failover_made_without_redis_leaves_a_forget_made_after_it": Case(
+        p(TOMBSTONE, OLD, 9),
+        Ask.repin("x", "y")._replace(since=5),
+        TOMBSTONE,
+        "stored",
+        "stored",
+        False,
+    ),
+    "a_pin_made_without_redis_after_the_forget_pins": Case(
+        p(TOMBSTONE, OLD, 5), Ask.claim("x")._replace(since=9), "x", "now", "new", True
+    ),
     "forget_writes_a_tombstone": Case(p("x", OLD, 7), Ask.forget(), TOMBSTONE, "now", "new", True),
     "forget_of_an_unknown_session_writes_a_tombstone": Case(
         None, Ask.forget(), TOMBSTONE, "now", "new", True

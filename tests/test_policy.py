@@ -186,10 +186,19 @@ def test_a_snapshot_of_other_clusters_does_not_reuse_anothers_orders() -> None:
 
 def test_a_session_may_stay_on_a_configured_routable_cluster_only() -> None:
     snapshot = runtime()
-    assert snapshot.usable("eu-west", {})
-    assert not snapshot.usable("eu-west", {"eu-west": "down"})
-    assert snapshot.usable("eu-west", {"us-east": "down"})
-    assert not snapshot.usable("gone-cluster", {})  # removed from the configuration
+    assert snapshot.usable({})("eu-west")
+    assert not snapshot.usable({"eu-west": "down"})("eu-west")
+    assert snapshot.usable({"us-east": "down"})("eu-west")
+    assert not snapshot.usable({})("gone-cluster")  # removed from the configuration
+
+
+def test_the_usable_test_follows_each_new_health_view() -> None:
+    snapshot = runtime()
+    healthy: dict[str, str] = {}
+    assert snapshot.usable(healthy)("eu-west")
+    assert snapshot.usable(healthy) is snapshot.usable(healthy)  # reused while unchanged
+    assert not snapshot.usable({"eu-west": "down"})("eu-west")
+    assert snapshot.usable(healthy)("eu-west")
 
 
 def test_nearest_order_measures_every_cluster_from_the_point() -> None:

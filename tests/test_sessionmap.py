@@ -952,3 +952,110 @@ async def test_a_redis_restarted_empty_does_not_bring_back_a_session_forgotten_m
     [value] = values(redis_server, ["s1"])
     assert value is None or value.startswith("!|"), value
     assert await edge_b.resolve("s1", None, everything) == Resolution(None, Why.NONE, False)
+
+
+async def test_an_edge_whose_clock_runs_ahead_follows_the_pin_redis_still_holds(
+    edges: Edges, redis_server: RedisServer
+) -> None:
+    # The age cap is Redis's to judge (by its clock); an edge whose clock runs 3 s
+    # ahead must not send a session elsewhere while Redis keeps its pin alive.
+    cap_s = 10
+    edge_a = edges.make(max_ttl_s=cap_s, ttl_s=5, near_cache_s=1)
+    ahead = Clock(redis_now_ms(redis_server) + 3_000)
+    edge_b = edges.make(max_ttl_s=cap_s, ttl_s=5, near_cache_s=1, clock_ms=ahead)
+    made = pinned(await edge_a.resolve("s1", "eu-west", everything))
+    # The session is 8.5 s old by Redis's clock, 11.5 s by B's: past the cap for B only.
+    ahead.ms = made.pinned_at_ms + 11_500
+    with redis_server.client() as c:
+        assert c.get(key("s1")) is not None
+    answer = await edge_b.resolve("s1", "us-east", everything)
+    assert (pinned(answer).cluster, answer.why) == ("eu-west", Why.STICKY), answer
+    [value] = values(redis_server, ["s1"])
+    assert value == made.encode()
+
+
+async def test_a_redis_back_from_an_older_copy_is_brought_up_to_what_this_edge_served(
+    edges: Edges, redis_server: RedisServer
+) -> None:
+    m = edges.make()
+    first = pinned(await m.resolve("s1", "eu-west", everything))
+    moved = pinned(await m.resolve("s1", "us-east", all_but("eu-west")))
+    assert moved.version > first.version
+    # Redis comes back holding the older pin (a snapshot, a replica that missed the
+    # failover), its epoch intact, so nothing tells the edge that data was lost.
+    with redis_server.client() as c:
+        c.set(key("s1"), first.encode(), px=60_000)
+    again = await m.resolve("s1", "eu-west", everything)
+    assert (pinned(again).cluster, again.why) == ("us-east", Why.STICKY), again
+    [value] = values(redis_server, ["s1"])
+    held = Pin.decode(value or "")
+    assert held is not None
+    assert (held.cluster, held.version) == ("us-east", moved.version)
+
+
+async def test_a_pin_made_without_redis_is_sent_before_redis_is_read_again(
+    edges: Edges, redis_server: RedisServer
+) -> None:
+    m = edges.make()
+    pinned(await m.resolve("s1", "eu-west", everything))
+    redis_server.kill()
+    moved = await m.resolve("s1", "us-east", all_but("eu-west"))
+    assert (pinned(moved).cluster, moved.degraded) == ("us-east", True)
+    redis_server.start(port=redis_server.port)
+    with redis_server.client() as c:
+        c.set(key("s1"), f"eu-west|{redis_now_ms(redis_server)}|1", px=60_000)
+    await until(lambda: m.status().breaker is BreakerState.CLOSED, what="the breaker")
+    # Before any write-back ran, eu-west is healthy again: the session must not go
+    # back there for one request and then move again when the write-back lands.
+    answer = await m.resolve("s1", "eu-west", everything)
+    assert (pinned(answer).cluster, answer.degraded) == ("us-east", False), answer
+    assert m.status().pending_write_back == 0
+
+
+async def test_a_pin_written_back_after_an_outage_does_not_undo_a_forget_it_missed(
+    edges: Edges, redis_server: RedisServer
+) -> None:
+    edge_a, edge_b = edges.make(), edges.make()  # B hears no announcements
+    pinned(await edge_b.resolve("s1", "eu-west", everything))
+    await edge_a.forget("s1")
+    # B loses Redis (hung) and moves the session on its own: it never heard of the forget.
+    redis_server.pause()
+    try:
+        moved = await edge_b.resolve("s1", "us-east", all_but("eu-west"))
+    finally:
+        redis_server.resume()
+    assert (pinned(moved).cluster, moved.degraded) == ("us-east", True)
+    assert edge_b.status().pending_write_back == 1
+    # Redis answers again: the forget, made after what B knew, stands.
+    async with running(edge_b.run()):
+        await until(lambda: edge_b.status().pending_write_back == 0, what="the write-back")
+    [value] = values(redis_server, ["s1"])
+    assert value is not None
+    assert value.startswith("!|"), value
+
+
+async def test_bytes_that_are_not_ours_on_the_channel_or_in_a_key_harm_nothing(
+    edges: Edges, redis_server: RedisServer
+) -> None:
+    edge_a, edge_b = edges.make(follow=True), edges.make(follow=True)
+    await until(lambda: edge_a.status().near_cache_on and edge_b.status().near_cache_on)
+    with redis_server.client() as c:
+        raw = redis_server.client().connection_pool.get_connection()
+        raw.send_command("PUBLISH", "georouter:pins", b"\xff\xfe origin \xff|1|2")
+        raw.read_response()
+        raw.send_command("SET", key("s-bin"), b"\xff\xfe|\xff")
+        raw.read_response()
+        c.connection_pool.release(raw)
+    # Still following: a change made at B reaches A's near cache.
+    await edge_a.resolve("s1", "eu-west", everything)
+    async with asyncio.timeout(10):
+        while edge_a.status().near_cache_pins == 0:
+            assert pinned(await edge_a.resolve("s1", "us-east", everything)).cluster == "eu-west"
+            await asyncio.sleep(0.01)
+    await edge_b.resolve("s1", "us-east", all_but("eu-west"))
+    await until(lambda: edge_a.status().near_cache_pins == 0, what="A to drop its copy")
+    assert edge_a.status().near_cache_on
+    # A key that is not ours is treated as no pin: the session is pinned afresh.
+    assert await edge_a.peek("s-bin") is None
+    answer = await edge_a.resolve("s-bin", "eu-west", everything)
+    assert (pinned(answer).cluster, answer.why, answer.degraded) == ("eu-west", Why.NEW, False)

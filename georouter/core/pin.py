@@ -82,6 +82,10 @@ class Ask(NamedTuple):
     cluster: str = ""
     replacing: str = ""
     restore: Pin | None = None
+    # A claim or repin made without the store, sent later: the version of what the
+    # edge knew of the session then (0: nothing). A forget newer than that happened
+    # after the edge decided, so it stands.
+    since: int = 0
 
     @classmethod
     def claim(cls, cluster: str) -> Ask:
@@ -125,6 +129,8 @@ def apply(
         if stored is not None and stored.version >= wanted.version:
             return Verdict(stored, written=False)  # as new or newer, a forget included
         return Verdict(wanted._replace(ttl_ms=None), written=True)
+    if stored is not None and stored.forgotten and 0 < ask.since < stored.version:
+        return Verdict(stored, written=False)
     live = stored is not None and stored.alive(now_ms, max_age_ms)
     if live and stored is not None:
         if ask.op is Op.CLAIM or stored.cluster != ask.replacing:

@@ -37,7 +37,9 @@ def _options(settings: SessionSettings, *, reads_wait: bool = False) -> dict[str
         "socket_timeout": None if reads_wait else backstop_s,
         "socket_connect_timeout": backstop_s,
         "retry": _no_retry(),
-        "decode_responses": True,
+        # Replies stay bytes, decoded by the store with errors replaced: a value or
+        # an announcement that is not UTF-8 (not ours) must not raise in the client.
+        "decode_responses": False,
     }
 
 

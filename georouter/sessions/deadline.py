@@ -60,7 +60,7 @@ async def fair_timeout(deadline_s: float, *, cap_s: float) -> AsyncIterator[None
             now = loop.time()
             if now - due > LATE_S:
                 handle = loop.call_at(now + deadline_s, check, now + deadline_s)
-            else:
+            elif not whole.expired():
                 whole.reschedule(now)
 
         handle = loop.call_at(start + deadline_s, check, start + deadline_s)

@@ -167,31 +167,48 @@ class SessionMap:
             if made:
                 return Resolution(held, Why.FAILOVER if was_pinned else Why.NEW, degraded=False)
             # Another edge changed it first: follow it if usable, else replace that.
+        if held is not None and usable(held.cluster):
+            return Resolution(held, Why.STICKY, degraded=False)
         return Resolution(held, Why.FAILOVER, degraded=False)
 
     async def _read(self, session_id: str) -> Pin | None:
-        """The live pin in Redis. One Redis lost, that this edge remembers, is put back."""
+        """The live pin in Redis, once Redis holds what this edge last saw of it.
+
+        Redis may lack the newest version this edge knows: it lost the key (a
+        restart, a failover to a replica that missed the write), came back from an
+        older snapshot, or has not yet been sent a pin made here while it was away.
+        Then that pin is sent first (the one queued, or the one remembered; the
+        newest version wins), and what holds afterwards is the answer.
+        """
         mark = self._near.mark()
         pin = await self.store.read(session_id)
         self._breaker.success()
         if pin is not None:
             self._remember(session_id, pin, mark)
-            return pin if pin.alive(self._clock_ms(), self._max_age_ms) else None
-        remembered = self._remembered(session_id)
-        if remembered is None:
+        now = self._clock_ms()
+        known = self._memory.get(session_id, now)
+        behind = known is not None and (pin is None or known.version > pin.version)
+        if known is not None and behind and known.alive(now, self._max_age_ms):
+            queued = self._pending.get(session_id)
+            held, _ = await self._ask(session_id, queued or Ask.put_back(known))
+            if queued is not None and self._pending.get(session_id) == queued:
+                del self._pending[session_id]
+            return held
+        if pin is None or not pin.alive(now, self._max_age_ms):
             return None
-        held, _ = await self._ask(session_id, Ask.put_back(remembered))
-        return held
+        return pin
 
     async def _ask(self, session_id: str, ask: Ask) -> tuple[Pin | None, bool]:
-        """``ask`` of Redis; the live pin that holds after it, and whether it wrote it."""
+        """``ask`` of Redis; the pin that holds after it (None: none, or a tombstone),
+        and whether it wrote it. The script judged the age cap by Redis's clock, so
+        its answer is not judged again by this edge's (clocks drift)."""
         mark = self._changing(session_id)
         pin, written = await self.store.apply(session_id, ask)
         self._breaker.success()
         if pin is None:
             return None, written
         self._remember(session_id, pin, mark)
-        return (pin if pin.alive(self._clock_ms(), self._max_age_ms) else None), written
+        return (None if pin.forgotten else pin), written
 
     def _resolve_in_memory(
         self, session_id: str, preferred: str | None, usable: Callable[[str], bool]
@@ -206,8 +223,10 @@ class SessionMap:
         if preferred is None:
             return Resolution(held, Why.NONE, degraded=True)
         now = self._clock_ms()
-        ask = Ask.repin(preferred, held.cluster if held is not None else None)
         stored = self._memory.get(session_id, now)
+        ask = Ask.repin(preferred, held.cluster if held is not None else None)._replace(
+            since=stored.version if stored is not None else 0
+        )
         # No shared clock here: versions count up from the newest this edge has seen,
         # so Redis's version of the written-back pin, and any other edge's, is newer.
         verdict = apply(stored, ask, now_ms=now, now_version=0, max_age_ms=self._max_age_ms)
@@ -230,8 +249,9 @@ class SessionMap:
         wins there); kept in the near cache only if no change was announced since
         ``mark``, while Redis answered."""
         now = self._clock_ms()
-        self._memory.offer(session_id, pin, now)
-        if pin.forgotten:
+        newest = self._memory.offer(session_id, pin, now) or not self._memory.knows(session_id, now)
+        if pin.forgotten or not newest:
+            # A forget, or older than what this edge knows: nothing to serve from.
             self._near.invalidate(session_id)
         else:
             self._near.put(session_id, pin, now, mark)
@@ -256,9 +276,12 @@ class SessionMap:
         earlier = self._pending.get(session_id)
         if earlier is not None and earlier.restore is None and ask.restore is not None:
             ask = earlier  # a pin made here stays one to make, even if later only served
-        elif earlier is not None and earlier.replacing and ask.restore is None:
-            # Keep the oldest "replacing": Redis still holds what was there before.
-            ask = Ask(Op.REPIN, ask.cluster, earlier.replacing)
+        elif earlier is not None and earlier.restore is None and ask.restore is None:
+            # Keep the oldest "replacing" and knowledge: Redis still holds what was
+            # there before the first of them.
+            replacing = earlier.replacing or ask.replacing
+            op = Op.REPIN if replacing else Op.CLAIM
+            ask = Ask(op, ask.cluster, replacing, since=earlier.since or ask.since)
         self._pending[session_id] = ask
         self._pending.move_to_end(session_id)
         while len(self._pending) > max(self.settings.local_cache_size, 1):
@@ -391,6 +414,10 @@ class SessionMap:
             except StoreUnavailable as exc:
                 if self._near.active:
                     log.warning("lost the pin-change channel (%s): near cache off", exc)
+            except Exception:
+                # Whatever went wrong, announcements may have been missed: the near
+                # cache goes off and the loop subscribes again; the edge stays up.
+                log.exception("following pin changes failed: near cache off")
             self._near.deactivate()
             await asyncio.sleep(self.settings.retry_interval_s)
 

@@ -59,6 +59,13 @@ class _KeepsCancellation:
             raise asyncio.CancelledError
 
 
+def _text(reply: Any) -> str:
+    """A reply as text; bytes that are not UTF-8 are replaced, never raised."""
+    if isinstance(reply, bytes):
+        return reply.decode("utf-8", "replace")
+    return str(reply)
+
+
 def _checked(reply: Any) -> Any:
     """A pipelined reply, or the error it stands for raised (as StoreUnavailable
     when it means Redis could not answer)."""
@@ -196,6 +203,7 @@ class RedisSessionStore:
                 f"{self.origin} {session_id}",
                 "" if restore is None else restore.pinned_at_ms,
                 "" if restore is None else restore.version,
+                ask.since,
             ],
         )
         if not (isinstance(reply, list) and len(reply) == 2):
@@ -229,7 +237,7 @@ class RedisSessionStore:
     async def lost_data(self) -> bool:
         """Whether Redis lost its data since the last call: its epoch marker changed
         (whichever edge noticed first wrote a new one). False on the first call."""
-        epoch = str(
+        epoch = _text(
             await self._script(self._epoch_script, [self._epoch_key], [secrets.token_hex(8)])
         )
         seen, self._epoch = self._epoch, epoch
@@ -253,7 +261,7 @@ class RedisSessionStore:
                     message = await pubsub.get_message(timeout=None)
                 if message is None or message.get("type") != "message":
                     continue
-                origin, _, rest = str(message["data"]).partition(" ")
+                origin, _, rest = _text(message["data"]).partition(" ")
                 if origin == self.origin or not rest:
                     continue
                 session_id, _, raw = rest.partition(" ")

@@ -10,7 +10,8 @@ KEYS[1]: the session key. ARGV: [1] op (claim, repin, restore, forget),
 [2] cluster, [3] cluster to replace ("" for none), [4] TTL in ms, [5] hard cap
 on a session's age in ms (0: none), [6] the announcement channel, [7] the
 announcement's prefix ("<origin> <session id>"), [8] and [9] the pinned-at
-time and version of a pin to restore. Returns the value the key holds after
+time and version of a pin to restore, [10] for a claim or repin made without
+Redis, the version the edge knew then (0: none). Returns the value the key holds after
 the call (false: none) and 1 if this call wrote it; a claim or repin that
 wrote nothing renews the TTL of the live pin it answers. A write is announced on the
 channel as "<origin> <session id> <value>".
@@ -63,6 +64,10 @@ if op == 'restore' then
     return keep()
   end
   return write(pin(ARGV[2], r_at, r_v))
+end
+local since = tonumber(ARGV[10])
+if cluster == '!' and since > 0 and v > since then
+  return keep()
 end
 local live = cluster ~= nil and cluster ~= '!' and not (max_age > 0 and now_ms - at > max_age)
 if live then

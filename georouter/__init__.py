@@ -22,7 +22,9 @@ enforces it, see pyproject.toml)::
                     sessions: map (the one question the router asks: near cache,
                     Redis, outage memory, write-back, breaker), store (the store
                     protocol), redisstore + scripts (Redis and its Lua pin rule),
-                    pipelining, deadline (a Redis deadline blind to our own lag),
+                    knowledge (what an edge knows: near cache, outage memory,
+                    write-back queue), pipelining, deadline (a Redis deadline
+                    blind to our own lag),
                     clients, embedded (the private redis-server), nearcache,
                     outage, ids (session ids, signed cookies);
                     geoip: database (MaxMind DB lookups, cached per network);

@@ -48,7 +48,7 @@ class World:
             view = self.store.view(f"edge-{i}")
             self.views.append(view)
             m = SessionMap(view, settings, Metrics(), clock_ms=lambda: self.now_ms)
-            m._near.activate()  # subscribed: announcements arrive through deliver()
+            m._known.near.activate()  # subscribed: announcements arrive through deliver()
             self.edges.append(m)
 
     def deliver(self, edge: int, count: int, rng: random.Random) -> None:
@@ -68,9 +68,9 @@ class World:
             if m.status().breaker != "closed":
                 await m.store.ping()
                 m._breaker.close()
-                m._offer_everything_back()
+                m._known.offer_everything_back()
             if await self.views[edge].lost_data():
-                m._offer_everything_back()
+                m._known.offer_everything_back()
             await m.write_back()
 
 
@@ -142,8 +142,8 @@ async def play(world: World, steps: list[tuple[object, ...]], seed: int) -> None
             for m in world.edges:
                 # As ``follow_changes`` does: the subscription drops with the restart
                 # (the near cache is emptied) and comes back.
-                m._near.deactivate()
-                m._near.activate()
+                m._known.near.deactivate()
+                m._known.near.activate()
             last.clear()
         elif kind == "tick":
             world.now_ms += s[1]  # type: ignore[operator]
@@ -203,7 +203,7 @@ def test_after_outages_every_pin_an_edge_served_is_back_or_superseded(
         newest[sid] = pin
     # And each edge remembers no pin older than the store's.
     for m in world.edges:
-        for sid, remembered in m._memory.items(world.now_ms):
+        for sid, remembered in m._known.memory.items(world.now_ms):
             held = world.store.keys.get(sid)
             if held is not None and remembered.version > held.version:
                 raise AssertionError((sid, remembered, held))

@@ -15,6 +15,9 @@ session goes to and why. Behind it, in order:
   rule against it; they, and every pin served from it, are written back when
   Redis answers again (set if absent, newest version wins).
 
+``knowledge`` keeps those tiers consistent with each other; this module asks
+Redis and hands over what it heard.
+
 A Redis that lost its data (restarted empty, flushed) is noticed within
 ``retry_interval_s`` by its missing epoch marker, or at once when the
 announcement channel reconnects, and every pin this edge remembers is put back.
@@ -25,18 +28,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from enum import StrEnum
+from functools import partial
 from typing import NamedTuple
 
 from georouter.config import SessionSettings
 from georouter.core.breaker import Breaker, BreakerState
-from georouter.core.pin import Ask, Op, Pin, apply
+from georouter.core.pin import Ask, Pin
 from georouter.errors import StoreUnavailable
 from georouter.metrics import Metrics
-from georouter.sessions.nearcache import NearCache
-from georouter.sessions.outage import OutageMemory
+from georouter.sessions.knowledge import EdgeKnowledge
 from georouter.sessions.store import SessionStore, wall_clock_ms
 
 log = logging.getLogger(__name__)
@@ -87,39 +90,33 @@ class SessionMap:
         self.store = store
         self.settings = settings
         self._breaker = Breaker(FAILURES_TO_OPEN)
-        self._memory = OutageMemory(settings.local_cache_size, int(settings.ttl_s * 1000))
-        self._near = NearCache(settings.local_cache_size, int(settings.near_cache_s * 1000))
-        # Sessions Redis has not seen as this edge served them, oldest first.
-        self._pending: OrderedDict[str, Ask] = OrderedDict()
-        # Sessions with a call to Redis in flight: another edge's announcement for
-        # one of them is kept even though this edge does not remember it yet.
-        self._asking: Counter[str] = Counter()
+        self._known = EdgeKnowledge(settings, clock_ms)
         self._recheck = asyncio.Event()
-        self._clock_ms = clock_ms
         self._refresh_tick_s = refresh_tick_s
-        self._max_age_ms = int(settings.max_ttl_s * 1000)
-        self._degraded_count = metrics.family(
+        self._clock_ms = clock_ms
+        counter = partial(_counter, metrics)
+        self._degraded_count = counter(
             "georouter_session_degraded_total", "Session lookups and pins answered without Redis."
-        ).values
-        self._errors = metrics.family(
+        )
+        self._errors = counter(
             "georouter_redis_errors_total", "Redis calls that failed or timed out."
-        ).values
-        self._near_hits = metrics.family(
+        )
+        self._near_hits = counter(
             "georouter_session_near_cache_hits_total",
             "Sticky reads answered from the near cache, without a Redis round trip.",
-        ).values
-        self._refreshed = metrics.family(
+        )
+        self._refreshed = counter(
             "georouter_session_near_cache_refreshed_total",
             "Near-cache pins in use read again from Redis before they expired (TTL renewed).",
-        ).values
-        self._written_back = metrics.family(
+        )
+        self._written_back = counter(
             "georouter_session_written_back_total",
             "Pins made or served without Redis, written back once it returned.",
-        ).values
-        self._data_lost = metrics.family(
+        )
+        self._data_lost = counter(
             "georouter_redis_data_lost_total",
             "Times this edge found that Redis had lost its data and put its pins back.",
-        ).values
+        )
 
     # -- the one question ---------------------------------------------------------
 
@@ -128,11 +125,12 @@ class SessionMap:
     ) -> Resolution:
         """The cluster for ``session_id``: its pin while ``usable``, else a new pin to
         ``preferred`` (None: no cluster can take it, so nothing is pinned)."""
-        near = self._near.get(session_id, self._clock_ms())
+        known = self._known
+        near = known.near.get(session_id, self._clock_ms())
         if near is not None and usable(near.cluster):
             self._near_hits[()] += 1
             return Resolution(near, Why.STICKY, degraded=False)
-        self._asking[session_id] += 1
+        known.asking[session_id] += 1
         try:
             if self._breaker.allows:
                 try:
@@ -141,14 +139,14 @@ class SessionMap:
                     self._failed(exc)
             return self._resolve_in_memory(session_id, preferred, usable)
         finally:
-            self._asking[session_id] -= 1
-            if not self._asking[session_id]:
-                del self._asking[session_id]
+            known.asking[session_id] -= 1
+            if not known.asking[session_id]:
+                del known.asking[session_id]
 
     async def _resolve_in_store(
         self, session_id: str, preferred: str | None, usable: Callable[[str], bool]
     ) -> Resolution:
-        if preferred is not None and not self._memory.knows(session_id, self._clock_ms()):
+        if preferred is not None and not self._known.knows(session_id):
             # New to this edge: pin it, unless another edge has pinned it already, in
             # one round trip either way.
             held, made = await self._ask(session_id, Ask.claim(preferred))
@@ -172,42 +170,31 @@ class SessionMap:
         return Resolution(held, Why.FAILOVER, degraded=False)
 
     async def _read(self, session_id: str) -> Pin | None:
-        """The live pin in Redis, once Redis holds what this edge last saw of it.
-
-        Redis may lack the newest version this edge knows: it lost the key (a
-        restart, a failover to a replica that missed the write), came back from an
-        older snapshot, or has not yet been sent a pin made here while it was away.
-        Then that pin is sent first (the one queued, or the one remembered; the
-        newest version wins), and what holds afterwards is the answer.
-        """
-        mark = self._near.mark()
+        """The live pin in Redis, once Redis holds what this edge last saw of it
+        (``EdgeKnowledge.ahead_of``): that is sent first, and what holds after it is
+        the answer."""
+        mark = self._known.near.mark()
         pin = await self.store.read(session_id)
         self._breaker.success()
         if pin is not None:
-            self._remember(session_id, pin, mark)
-        now = self._clock_ms()
-        known = self._memory.get(session_id, now)
-        behind = known is not None and (pin is None or known.version > pin.version)
-        if known is not None and behind and known.alive(now, self._max_age_ms):
-            queued = self._pending.get(session_id)
-            held, _ = await self._ask(session_id, queued or Ask.put_back(known))
-            if queued is not None and self._pending.get(session_id) == queued:
-                del self._pending[session_id]
+            self._known.heard(session_id, pin, mark)
+        first = self._known.ahead_of(session_id, pin)
+        if first is not None:
+            held, _ = await self._ask(session_id, first)
+            self._known.sent(session_id, first)
             return held
-        if pin is None or not pin.alive(now, self._max_age_ms):
-            return None
-        return pin
+        return pin if pin is not None and self._known.live(pin) else None
 
     async def _ask(self, session_id: str, ask: Ask) -> tuple[Pin | None, bool]:
         """``ask`` of Redis; the pin that holds after it (None: none, or a tombstone),
         and whether it wrote it. The script judged the age cap by Redis's clock, so
         its answer is not judged again by this edge's (clocks drift)."""
-        mark = self._changing(session_id)
+        mark = self._known.changing(session_id)
         pin, written = await self.store.apply(session_id, ask)
         self._breaker.success()
         if pin is None:
             return None, written
-        self._remember(session_id, pin, mark)
+        self._known.heard(session_id, pin, mark)
         return (None if pin.forgotten else pin), written
 
     def _resolve_in_memory(
@@ -215,88 +202,25 @@ class SessionMap:
     ) -> Resolution:
         """Without Redis: the same rule against this edge's memory; queued for Redis."""
         self._degraded_count[()] += 1
-        held = self._remembered(session_id)
+        held = self._known.remembered(session_id)
         if held is not None and usable(held.cluster):
             # Served from memory: Redis may come back without it, so it is put back then.
-            self._queue(session_id, Ask.put_back(held))
+            self._known.queue(session_id, Ask.put_back(held))
             return Resolution(held, Why.STICKY, degraded=True)
         if preferred is None:
             return Resolution(held, Why.NONE, degraded=True)
-        now = self._clock_ms()
-        stored = self._memory.get(session_id, now)
-        ask = Ask.repin(preferred, held.cluster if held is not None else None)._replace(
-            since=stored.version if stored is not None else 0
-        )
-        # No shared clock here: versions count up from the newest this edge has seen,
-        # so Redis's version of the written-back pin, and any other edge's, is newer.
-        verdict = apply(stored, ask, now_ms=now, now_version=0, max_age_ms=self._max_age_ms)
-        pin = verdict.stored
-        assert pin is not None  # a claim or repin always leaves a pin
-        self._memory.offer(session_id, pin, now)
-        self._near.invalidate(session_id)  # it may still hold the pin this one replaces
-        self._queue(session_id, ask)
+        replacing = held.cluster if held is not None else None
+        pin = self._known.made_here(session_id, preferred, replacing)
         return Resolution(pin, Why.FAILOVER if held is not None else Why.NEW, degraded=True)
-
-    # -- the tiers ----------------------------------------------------------------
 
     def _failed(self, exc: StoreUnavailable) -> None:
         self._errors[()] += 1
         if self._breaker.failure():
             log.warning("Redis unavailable (%s): routing sessions from local memory", exc)
 
-    def _remember(self, session_id: str, pin: Pin, mark: int) -> None:
-        """What Redis said: always offered to the outage memory (the newest version
-        wins there); kept in the near cache only if no change was announced since
-        ``mark``, while Redis answered."""
-        now = self._clock_ms()
-        newest = self._memory.offer(session_id, pin, now) or not self._memory.knows(session_id, now)
-        if pin.forgotten or not newest:
-            # A forget, or older than what this edge knows: nothing to serve from.
-            self._near.invalidate(session_id)
-        else:
-            self._near.put(session_id, pin, now, mark)
-
-    def _remembered(self, session_id: str) -> Pin | None:
-        """The live pin this edge remembers, if any."""
-        now = self._clock_ms()
-        pin = self._memory.get(session_id, now)
-        if pin is None or not pin.alive(now, self._max_age_ms):
-            return None
-        return pin
-
-    def _changing(self, session_id: str) -> int:
-        """Before this edge changes a pin: drop its copy and record the change (the
-        edge ignores its own announcements), so a read of the session begun before,
-        such as a background refresh still in flight, cannot put the older pin back
-        into the near cache. The mark to remember the outcome with."""
-        self._near.invalidate(session_id)
-        return self._near.mark()
-
-    def _queue(self, session_id: str, ask: Ask) -> None:
-        earlier = self._pending.get(session_id)
-        if earlier is not None and earlier.restore is None and ask.restore is not None:
-            ask = earlier  # a pin made here stays one to make, even if later only served
-        elif earlier is not None and earlier.restore is None and ask.restore is None:
-            # Keep the oldest "replacing" and knowledge: Redis still holds what was
-            # there before the first of them.
-            replacing = earlier.replacing or ask.replacing
-            op = Op.REPIN if replacing else Op.CLAIM
-            ask = Ask(op, ask.cluster, replacing, since=earlier.since or ask.since)
-        self._pending[session_id] = ask
-        self._pending.move_to_end(session_id)
-        while len(self._pending) > max(self.settings.local_cache_size, 1):
-            self._pending.popitem(last=False)
-
     def changed_elsewhere(self, session_id: str, pin: Pin | None) -> None:
-        """Another edge announced a change: the near cache drops its copy; the outage
-        memory keeps the new pin if it serves the session (or is asking about it)."""
-        self._near.invalidate(session_id)
-        if pin is None:
-            return
-        if self._memory.knows(session_id, self._clock_ms()) or session_id in self._asking:
-            self._memory.offer(session_id, pin, self._clock_ms())
-            if pin.forgotten:
-                self._pending.pop(session_id, None)
+        """What another edge's announcement does (see ``EdgeKnowledge``)."""
+        self._known.changed_elsewhere(session_id, pin)
 
     # -- operator calls -----------------------------------------------------------
 
@@ -304,29 +228,31 @@ class SessionMap:
         """Forget a session everywhere (raises StoreUnavailable: an admin must know)."""
         await self._ask(session_id, Ask.forget())
         # Only now: a forget that failed leaves a pin made here still to be written back.
-        self._pending.pop(session_id, None)
+        self._known.pending.pop(session_id, None)
 
     async def peek(self, session_id: str) -> Pin | None:
         pin = await self.store.peek(session_id)
         return None if pin is None or pin.forgotten else pin
 
     def status(self) -> SessionStatus:
+        known = self._known
         return SessionStatus(
             breaker=self._breaker.state,
-            near_cache_on=self._near.active,
-            near_cache_pins=len(self._near),
-            remembered_pins=len(self._memory),
-            pending_write_back=len(self._pending),
+            near_cache_on=known.near.active,
+            near_cache_pins=len(known.near),
+            remembered_pins=len(known.memory),
+            pending_write_back=len(known.pending),
         )
 
     # -- background work ----------------------------------------------------------
 
     async def write_back(self) -> int:
         """Send queued pins to Redis; the outcome (maybe another edge's pin) is adopted."""
+        known = self._known
         written = 0
-        while self._pending and self._breaker.allows:
-            batch = list(self._pending.items())[:WRITE_BACK_BATCH]
-            marks = {sid: self._changing(sid) for sid, _ in batch}
+        while known.pending and self._breaker.allows:
+            batch = list(known.pending.items())[:WRITE_BACK_BATCH]
+            marks = {sid: known.changing(sid) for sid, _ in batch}
             results = await asyncio.gather(
                 *(self.store.apply(sid, ask) for sid, ask in batch), return_exceptions=True
             )
@@ -342,10 +268,9 @@ class SessionMap:
                     continue
                 pin, made = result
                 written += made
-                if self._pending.get(sid) == ask:
-                    del self._pending[sid]  # else changed here meanwhile: next round
+                known.sent(sid, ask)  # (changed here meanwhile: the newer goes next round)
                 if pin is not None:
-                    self._remember(sid, pin, marks[sid])
+                    known.heard(sid, pin, marks[sid])
             if failed:
                 break
             self._breaker.success()
@@ -353,15 +278,6 @@ class SessionMap:
             self._written_back[()] += written
             log.info("wrote %d pins back to Redis", written)
         return written
-
-    def _offer_everything_back(self) -> None:
-        """Queue every pin this edge remembers, to be put back (newest version wins).
-        Tombstones too: an edge that missed a forget must not bring the session back
-        where another edge remembers the forget."""
-        now = self._clock_ms()
-        for session_id, pin in self._memory.items(now):
-            if session_id not in self._pending and not pin.expired(now, self._max_age_ms):
-                self._queue(session_id, Ask.put_back(pin))
 
     async def run(self) -> None:
         """Until cancelled: reopen a tripped breaker once Redis answers, notice a Redis
@@ -383,17 +299,18 @@ class SessionMap:
                     log.warning("Redis is back: sessions are shared again")
                     # It may have come back without them (restarted empty, or failed over
                     # to a replica that missed them).
-                    self._offer_everything_back()
+                    self._known.offer_everything_back()
                 if await self.store.lost_data():
                     self._data_lost[()] += 1
-                    if len(self._memory):
-                        log.warning("Redis lost its data: putting back %d pins", len(self._memory))
-                    self._offer_everything_back()
+                    count = len(self._known.memory)
+                    if count:
+                        log.warning("Redis lost its data: putting back %d pins", count)
+                    self._known.offer_everything_back()
             except StoreUnavailable as exc:
                 if self._breaker.allows:
                     self._failed(exc)
                 continue
-            if self._pending:
+            if self._known.pending:
                 await self.write_back()
 
     async def follow_changes(self) -> None:
@@ -402,23 +319,24 @@ class SessionMap:
         ``run`` check at once whether Redis lost its data meanwhile."""
         if not self.store.announces_changes:
             return
+        near = self._known.near
         while True:
             try:
                 async for change in self.store.changes():
                     if change is None:
                         if self.settings.near_cache_s > 0:
-                            self._near.activate()
+                            near.activate()
                         self._recheck.set()
                     else:
-                        self.changed_elsewhere(change.session_id, change.pin)
+                        self._known.changed_elsewhere(change.session_id, change.pin)
             except StoreUnavailable as exc:
-                if self._near.active:
+                if near.active:
                     log.warning("lost the pin-change channel (%s): near cache off", exc)
             except Exception:
                 # Whatever went wrong, announcements may have been missed: the near
                 # cache goes off and the loop subscribes again; the edge stays up.
                 log.exception("following pin changes failed: near cache off")
-            self._near.deactivate()
+            near.deactivate()
             await asyncio.sleep(self.settings.retry_interval_s)
 
     async def refresh_near(self) -> None:
@@ -427,13 +345,14 @@ class SessionMap:
         requests never wait for a round trip."""
         if not self.store.announces_changes or self.settings.near_cache_s <= 0:
             return
+        near = self._known.near
         while True:
             await asyncio.sleep(self._refresh_tick_s)
-            while self._breaker.allows and (due := self._near.take_due(REFRESH_BATCH)):
+            while self._breaker.allows and (due := near.take_due(REFRESH_BATCH)):
                 await self._refresh(due)
 
     async def _refresh(self, due: list[str]) -> None:
-        mark = self._near.mark()
+        mark = self._known.near.mark()
         try:
             pins = await self.store.read_many(due)
         except StoreUnavailable as exc:
@@ -444,7 +363,11 @@ class SessionMap:
             if pin is None:
                 # Gone from Redis (evicted, flushed, past its age cap): the session's
                 # next request reads it and, if this edge remembers it, restores it.
-                self._near.invalidate(sid)
+                self._known.near.invalidate(sid)
             else:
-                self._remember(sid, pin, mark)
+                self._known.heard(sid, pin, mark)
         self._refreshed[()] += len(due)
+
+
+def _counter(metrics: Metrics, name: str, help_text: str) -> Counter[tuple[str, ...]]:
+    return metrics.family(name, help_text).values

@@ -7,11 +7,11 @@ import secrets
 
 import pytest
 
+from georouter.http.admin import tokens_equal
 from georouter.sessions.ids import (
     CookieSigner,
     new_id,
     set_cookie_header,
-    tokens_equal,
     valid_id,
 )
 

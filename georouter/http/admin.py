@@ -7,13 +7,27 @@ non-ASCII token is a 401, never a 500.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 from starlette.requests import Request
 from starlette.responses import Response
 
 from georouter.errors import ApiError, StoreUnavailable
 from georouter.http.common import JSON, Services, services
-from georouter.sessions.ids import tokens_equal, valid_id
+from georouter.sessions.ids import valid_id
 from georouter.sessions.map import SessionMap
+
+
+def tokens_equal(presented: str, expected: str) -> bool:
+    """Constant-time comparison of two tokens of any length or charset.
+
+    ``hmac.compare_digest`` raises on non-ASCII ``str``; comparing digests of
+    the UTF-8 bytes never raises and hides the expected length as well.
+    """
+    a = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
+    b = hashlib.sha256(expected.encode("utf-8", "surrogatepass")).digest()
+    return hmac.compare_digest(a, b)
 
 
 def _authorised(request: Request) -> tuple[Services, SessionMap]:

@@ -20,8 +20,7 @@ own work, so the call gets more time, up to ``cap_s`` in all.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 from georouter.config import SessionSettings
 
@@ -47,24 +46,44 @@ def cap_s(settings: SessionSettings) -> float:
     return patience_s(settings) * (1 + BUSY_EXTRA)
 
 
-@asynccontextmanager
-async def fair_timeout(deadline_s: float, *, cap_s: float) -> AsyncIterator[None]:
-    """Raise ``TimeoutError`` after ``deadline_s`` of a free event loop, or ``cap_s`` in all."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    async with asyncio.timeout_at(start + max(cap_s, deadline_s)) as whole:
-        handle: asyncio.TimerHandle | None = None
+class fair_timeout:
+    """``async with fair_timeout(deadline_s, cap_s=...)``: ``TimeoutError`` after
+    ``deadline_s`` of a free event loop, or ``cap_s`` in all.
 
-        def check(due: float) -> None:
-            nonlocal handle
-            now = loop.time()
-            if now - due > LATE_S:
-                handle = loop.call_at(now + deadline_s, check, now + deadline_s)
-            elif not whole.expired():
-                whole.reschedule(now)
+    A class rather than a generator, with one timer: it guards every Redis call,
+    so its own cost is part of every sticky read that misses the near cache.
+    """
 
-        handle = loop.call_at(start + deadline_s, check, start + deadline_s)
-        try:
-            yield
-        finally:
-            handle.cancel()
+    __slots__ = ("_cap_at", "_deadline_s", "_handle", "_loop", "_timeout")
+
+    def __init__(self, deadline_s: float, *, cap_s: float) -> None:
+        self._deadline_s = deadline_s
+        self._cap_at = max(cap_s, deadline_s)
+
+    async def __aenter__(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        start = loop.time()
+        self._cap_at += start
+        # No timer of its own: ``_check`` expires it when the time has come.
+        self._timeout = asyncio.timeout(None)
+        await self._timeout.__aenter__()
+        due = start + self._deadline_s
+        self._handle = loop.call_at(due, self._check, due)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._handle.cancel()
+        await self._timeout.__aexit__(exc_type, exc, tb)
+
+    def _check(self, due: float) -> None:
+        now = self._loop.time()
+        if now - due > LATE_S and now < self._cap_at:
+            # Our own timer ran late: the loop was busy, and the reply may be waiting.
+            again = min(now + self._deadline_s, self._cap_at)
+            self._handle = self._loop.call_at(again, self._check, again)
+        elif not self._timeout.expired():
+            self._timeout.reschedule(now)

@@ -81,14 +81,3 @@ def set_cookie_header(name: str, value: str, *, max_age_s: int | None, secure: b
     if max_age_s:
         parts.append(f"Max-Age={max_age_s}")
     return "; ".join(parts)
-
-
-def tokens_equal(presented: str, expected: str) -> bool:
-    """Constant-time comparison of two tokens of any length or charset.
-
-    ``hmac.compare_digest`` raises on non-ASCII ``str``; comparing digests of
-    the UTF-8 bytes never raises and hides the expected length as well.
-    """
-    a = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
-    b = hashlib.sha256(expected.encode("utf-8", "surrogatepass")).digest()
-    return hmac.compare_digest(a, b)

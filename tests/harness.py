@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -61,12 +61,37 @@ async def until(
     condition: Callable[[], object], *, timeout_s: float = 10, what: str = "the condition"
 ) -> None:
     """The async ``wait_for``: poll ``condition`` in the event loop until it holds."""
+
+    async def check() -> object:
+        return condition()
+
+    await until_async(check, timeout_s=timeout_s, what=what)
+
+
+async def until_async(
+    attempt: Callable[[], Awaitable[object]],
+    *,
+    timeout_s: float = 10,
+    what: str = "the condition",
+) -> None:
+    """Repeat ``attempt`` (which may assert on what it sees) until it returns true."""
     try:
         async with asyncio.timeout(timeout_s):
-            while not condition():
+            while not await attempt():
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}") from None
+
+
+async def ready_now(client: httpx.AsyncClient) -> bool:
+    """Whether the edge behind ``client`` answers ``/readyz`` with 200."""
+    return (await client.get("/readyz")).status_code == 200
+
+
+async def loop_turns(count: int) -> None:
+    """Let the event loop run ``count`` turns: other tasks' steps interleave here."""
+    for _ in range(count):
+        await asyncio.sleep(0)
 
 
 def toml_value(value: object) -> str:

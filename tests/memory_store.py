@@ -8,7 +8,6 @@ real ``redis-server`` by the pin-rule table and the session-map tests.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from georouter.core.pin import Ask, Pin, apply
 from georouter.errors import StoreUnavailable
 from georouter.sessions.store import Change
+from tests.harness import loop_turns
 
 
 @dataclass
@@ -35,8 +35,7 @@ class MemoryStore:
     _clock_us: int = 0
 
     async def turns(self) -> None:
-        for _ in range(self.jitter.randint(0, 3) if self.jitter else 1):
-            await asyncio.sleep(0)
+        await loop_turns(self.jitter.randint(0, 3) if self.jitter else 1)
 
     def now_version(self) -> int:
         # A shared clock that only grows, like Redis TIME in microseconds.

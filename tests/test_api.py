@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -13,7 +12,7 @@ from asgi_lifespan import LifespanManager
 from georouter.config import parse
 from georouter.demo.standin import StandIn
 from georouter.http.app import create_app
-from tests.harness import FAST_HEALTH, TEST_CITY_DB, cluster_entries
+from tests.harness import FAST_HEALTH, TEST_CITY_DB, cluster_entries, ready_now, until_async
 
 pytestmark = pytest.mark.anyio
 
@@ -38,9 +37,7 @@ async def serving(config, *, ready: bool = True) -> AsyncIterator[httpx.AsyncCli
         transport = httpx.ASGITransport(app=manager.app, client=("203.0.113.9", 4711))
         async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
             if ready:
-                async with asyncio.timeout(10):
-                    while (await client.get("/readyz")).status_code != 200:
-                        await asyncio.sleep(0.01)
+                await until_async(lambda: ready_now(client), what="readiness")
             yield client
 
 
@@ -287,9 +284,7 @@ async def test_nothing_is_routed_before_the_first_health_round(
             assert (ready.status_code, ready.json()["ready"]) == (503, False)
             assert (route.status_code, route.json()["error"]) == (503, "not_ready")
             standins["ap-sydney"].health_gate.set()
-            async with asyncio.timeout(10):
-                while (await api.get("/readyz")).status_code != 200:
-                    await asyncio.sleep(0.01)
+            await until_async(lambda: ready_now(api), what="readiness")
             route = await api.get("/v1/route", params={"ip": "81.2.69.1"})
             assert route.status_code == 200
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -14,7 +13,7 @@ from georouter.config import Config, parse
 from georouter.demo.standin import StandIn
 from georouter.http.app import create_app
 from georouter.sessions.ids import CookieSigner
-from tests.harness import FAST_HEALTH, TEST_CITY_DB, cluster_entries
+from tests.harness import FAST_HEALTH, TEST_CITY_DB, cluster_entries, ready_now, until_async
 from tests.redis_harness import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -41,15 +40,17 @@ def config(make_standins: Callable[..., dict[str, StandIn]], redis_server: Redis
     )
 
 
+async def near_cache_off(api: httpx.AsyncClient) -> bool:
+    return (await api.get("/v1/clusters")).json()["sessions"]["near_cache"] != "on"
+
+
 @asynccontextmanager
 async def serving(config: Config, **app_options: object) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(config, **app_options)  # type: ignore[arg-type]
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app, client=("203.0.113.9", 4711))
         async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
-            async with asyncio.timeout(10):
-                while (await client.get("/readyz")).status_code != 200:
-                    await asyncio.sleep(0.01)
+            await until_async(lambda: ready_now(client), what="readiness")
             yield client
 
 
@@ -246,9 +247,7 @@ async def test_session_metrics_and_status(config: Config, redis_server: RedisSer
         await api.get("/v1/route", params={"ip": "81.2.69.1", "session": "s1"})
         redis_server.kill()
         # The near cache goes off once the edge sees its change channel drop.
-        async with asyncio.timeout(10):
-            while (await api.get("/v1/clusters")).json()["sessions"]["near_cache"] == "on":
-                await asyncio.sleep(0.01)
+        await until_async(lambda: near_cache_off(api), what="the near cache to go off")
         for _ in range(4):
             await api.get("/v1/route", params={"ip": "81.2.69.1", "session": "s1"})
         metrics = (await api.get("/metrics")).text

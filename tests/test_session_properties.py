@@ -22,6 +22,7 @@ from georouter.config import SessionSettings
 from georouter.core.pin import Pin
 from georouter.metrics import Metrics
 from georouter.sessions.map import SessionMap, Why
+from tests.harness import loop_turns
 from tests.memory_store import MemoryStore, MemoryStoreView
 
 CLUSTERS = ("ap", "eu", "us")
@@ -105,8 +106,7 @@ async def play(world: World, steps: list[tuple[object, ...]], seed: int) -> None
 
             async def deliver_soon(edge: int, turns: int) -> None:
                 # Announcements arrive while requests are in flight, too.
-                for _ in range(turns):
-                    await asyncio.sleep(0)
+                await loop_turns(turns)
                 world.deliver(edge, 99, rng)
 
             results = await asyncio.gather(

@@ -23,7 +23,7 @@ from georouter.sessions.deadline import cap_s
 from georouter.sessions.map import Resolution, SessionMap, Why
 from georouter.sessions.redisstore import RedisSessionStore
 from georouter.sessions.store import Change
-from tests.harness import until
+from tests.harness import until, until_async
 from tests.redis_harness import RedisServer
 from tests.sessions_harness import Clock, redis_now_ms, session_settings
 
@@ -677,12 +677,13 @@ async def test_a_pin_changed_at_another_edge_reaches_the_near_cache_at_once(
     edge_a, edge_b = edges.make(follow=True), edges.make(follow=True)
     await until(lambda: edge_a.status().near_cache_on and edge_b.status().near_cache_on)
     await edge_a.resolve("s1", "eu-west", everything)
-    async with asyncio.timeout(10):
+
+    async def read_until_cached() -> bool:
         # A read that raced with A's own announcement is not cached; the next one is.
-        while edge_b.status().near_cache_pins == 0:
-            read = await edge_b.resolve("s1", "us-east", everything)
-            assert pinned(read).cluster == "eu-west"
-            await asyncio.sleep(0.01)
+        assert pinned(await edge_b.resolve("s1", "us-east", everything)).cluster == "eu-west"
+        return edge_b.status().near_cache_pins > 0
+
+    await until_async(read_until_cached, what="B to cache the pin")
 
     failover = await edge_a.resolve("s1", "us-east", all_but("eu-west"))  # a failover at A
     assert failover.why is Why.FAILOVER
@@ -1048,10 +1049,12 @@ async def test_bytes_that_are_not_ours_on_the_channel_or_in_a_key_harm_nothing(
         c.connection_pool.release(raw)
     # Still following: a change made at B reaches A's near cache.
     await edge_a.resolve("s1", "eu-west", everything)
-    async with asyncio.timeout(10):
-        while edge_a.status().near_cache_pins == 0:
-            assert pinned(await edge_a.resolve("s1", "us-east", everything)).cluster == "eu-west"
-            await asyncio.sleep(0.01)
+
+    async def read_until_cached() -> bool:
+        assert pinned(await edge_a.resolve("s1", "us-east", everything)).cluster == "eu-west"
+        return edge_a.status().near_cache_pins > 0
+
+    await until_async(read_until_cached, what="A to cache the pin")
     await edge_b.resolve("s1", "us-east", all_but("eu-west"))
     await until(lambda: edge_a.status().near_cache_pins == 0, what="A to drop its copy")
     assert edge_a.status().near_cache_on

@@ -33,6 +33,7 @@ from georouter.sessions.store import Change, wall_clock_ms
 # Redis Cluster's first slot discovery has its own, longer deadline.
 STARTUP_TIMEOUT_S = 2.0
 REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
+_OPS = {op: op.value.encode() for op in Op}
 
 
 def unavailable(exc: BaseException) -> StoreUnavailable:
@@ -105,6 +106,13 @@ class RedisSessionStore:
         self._epoch: str | None = None
         # An edge process ignores its own announcements (it already knows).
         self.channel = f"{settings.key_prefix}:pins"
+        # The pin script's arguments that never change, encoded once: redis-py encodes
+        # every argument of every command, and a new session's cost is mostly that.
+        self._pin_constants = (
+            str(self._ttl_ms).encode(),
+            str(self._max_age_ms).encode(),
+            self.channel.encode(),
+        )
         self.origin = origin
         # redis-py's asyncio RedisCluster sends keyed commands issued before its first
         # initialize() to a random master, and the MOVED that follows tears down the
@@ -194,16 +202,14 @@ class RedisSessionStore:
             self._pin_script,
             [self.key(session_id)],
             [
-                ask.op.value,
+                _OPS[ask.op],
                 ask.cluster,
                 ask.replacing,
-                self._ttl_ms,
-                self._max_age_ms,
-                self.channel,
+                *self._pin_constants,
                 f"{self.origin} {session_id}",
-                "" if restore is None else restore.pinned_at_ms,
-                "" if restore is None else restore.version,
-                ask.since,
+                b"" if restore is None else str(restore.pinned_at_ms),
+                b"" if restore is None else str(restore.version),
+                b"0" if not ask.since else str(ask.since),
             ],
         )
         if not (isinstance(reply, list) and len(reply) == 2):

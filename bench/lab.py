@@ -81,6 +81,8 @@ class Lab:
                     "near_cache_s": near_cache_s,
                     "pool_size": 128,
                 },
+                # One load generator stands for many clients: no per-address budget.
+                limits={"new_sessions_per_s": 0},
             )
         )
         return path

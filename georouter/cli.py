@@ -23,6 +23,7 @@ from georouter.demo import run as demo
 from georouter.errors import ConfigError, EmbeddedRedisError, ListenError, Problem, UsageError
 from georouter.geoip.database import DatabaseInfo, GeoDatabase
 from georouter.http.app import create_app
+from georouter.http.common import Drain
 from georouter.metrics import Metrics
 from georouter.router import AssumeAllUp, Router
 from georouter.runtime import Runtime
@@ -162,19 +163,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     kind=kind,
                     admin_token=admin_token,
                     signer=signer,
+                    drain_s=args.drain_s,
                 ).run()
 
             async def main() -> None:
                 stop = asyncio.Event()
                 stop_on_signals(stop)
-                app = create_app(ready, admin_token=admin_token, signer=signer)
-                await serve(app, sock, stop, kind=kind)
+                drain = Drain()
+                app = create_app(ready, admin_token=admin_token, signer=signer, drain=drain)
+                await serve(
+                    app,
+                    sock,
+                    stop,
+                    kind=kind,
+                    limits=ready.limits,
+                    drain=drain,
+                    drain_s=args.drain_s,
+                )
 
             run_loop(main)
     except EmbeddedRedisError as exc:
         print(f"georouter: sessions: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _drain_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be 0..3600 seconds, not {text!r}")
+    return value
 
 
 def _workers(text: str) -> int:
@@ -262,6 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"address to serve on (default {DEFAULT_LISTEN}; port 0: any free port)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--drain-s",
+        type=_drain_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="on SIGTERM, keep serving this long with /readyz answering 503 before"
+        " stopping (default 0: stop at once)",
+    )
     p.add_argument(
         "--workers",
         type=_workers,

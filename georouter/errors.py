@@ -60,6 +60,10 @@ class ListenError(GeorouterError, ValueError):
     """A ``--listen`` value that cannot be bound; the message says why."""
 
 
+class NewSessionRefused(GeorouterError):
+    """A session with no pin, from a client that may start no more sessions now."""
+
+
 class UsageError(GeorouterError):
     """A bad argument or environment variable; the message names it."""
 

@@ -16,6 +16,7 @@ from georouter.core.clientip import IPAddress
 from georouter.core.decision import Decision, SessionView
 from georouter.core.location import Location
 from georouter.core.policy import Ranking, Reason
+from georouter.errors import NewSessionRefused
 from georouter.metrics import Metrics
 from georouter.runtime import Runtime
 from georouter.sessions.map import SessionMap, Why
@@ -92,9 +93,18 @@ class Router:
         return self._decision(client_ip, location, rt.rank(location, self._health.unroutable()))
 
     async def route(
-        self, client_ip: IPAddress | None, session_id: str | None, runtime: Runtime | None = None
+        self,
+        client_ip: IPAddress | None,
+        session_id: str | None,
+        runtime: Runtime | None = None,
+        *,
+        may_create: bool = True,
     ) -> Decision:
-        """The cluster for a client, keeping a session on the cluster it is pinned to."""
+        """The cluster for a client, keeping a session on the cluster it is pinned to.
+
+        ``may_create=False``: a session with no pin raises ``NewSessionRefused``
+        instead of being pinned (the caller's client is over its budget).
+        """
         if session_id is None or self._sessions is None:
             return self.decide(client_ip, runtime)
         rt = runtime or self.runtime
@@ -104,9 +114,11 @@ class Router:
         chosen = ranking.chosen_at
         preferred = ranking.order[chosen][0].name if chosen is not None else None
         pin, why, degraded = await self._sessions.resolve(
-            session_id, preferred, rt.usable(unroutable)
+            session_id, preferred, rt.usable(unroutable), may_create=may_create
         )
-        view = SessionView(session_id, pin, degraded)
+        if why is Why.REFUSED:
+            raise NewSessionRefused(session_id)
+        view = SessionView(session_id, pin, degraded, new=why is Why.NEW)
         if why is not Why.STICKY or pin is None:
             return self._decision(client_ip, location, ranking, view, _REASONS.get(why))
         cluster = rt.clusters[pin.cluster]

@@ -127,7 +127,7 @@ def cluster_entries(standins: dict[str, StandIn]) -> list[dict[str, object]]:
     ]
 
 
-FAST_HEALTH: dict[str, object] = {"interval_s": 0.1, "timeout_s": 0.5, "rise": 2, "fall": 3}
+FAST_HEALTH: dict[str, object] = {"interval_s": 0.25, "timeout_s": 0.25, "rise": 2, "fall": 3}
 
 
 @dataclass

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 from asgi_lifespan import LifespanManager
 
 from georouter.config import parse
 from georouter.demo.standin import StandIn
 from georouter.http.app import create_app
+from georouter.sessions.ids import valid_id
 from tests.harness import FAST_HEALTH, TEST_CITY_DB, cluster_entries, ready_now, until_async
 
 pytestmark = pytest.mark.anyio
@@ -333,3 +336,109 @@ async def test_liveness_metrics_and_openapi(standins: dict[str, StandIn]) -> Non
     paths = spec.json()["paths"]
     assert {"/v1/route", "/v1/clusters", "/healthz", "/readyz"} <= set(paths)
     assert set(paths["/v1/route"]) == {"get", "post"}
+
+
+def _parameter(spec: dict[str, Any], path: str, method: str, name: str) -> dict[str, Any]:
+    operation = spec["paths"][path]
+    declared = operation.get("parameters", []) + operation[method].get("parameters", [])
+    found = [p for p in declared if p["name"] == name]
+    assert len(found) == 1, f"{method} {path} does not describe {name}"
+    return found[0]
+
+
+@pytest.mark.parametrize("query", ["ip=81.2.69.1&explain=", "ip=81.2.69.1&explain"])
+async def test_a_bare_explain_flag_is_true_and_described_so(
+    standins: dict[str, StandIn], query: str
+) -> None:
+    async with serving(config_for(standins)) as api:
+        r = await api.get(f"/v1/route?{query}")
+        spec = (await api.get("/openapi.json")).json()
+    assert r.status_code == 200
+    assert len(r.json()["explain"]) == 5
+    for method in ("get", "post"):
+        explain = _parameter(spec, "/v1/route", method, "explain")["schema"]
+        assert jsonschema_rs.validator_for(explain).is_valid("")
+        assert not jsonschema_rs.validator_for(explain).is_valid("maybe")
+
+
+async def test_an_empty_or_invalid_ip_is_a_400_and_described_so(
+    standins: dict[str, StandIn],
+) -> None:
+    async with serving(config_for(standins)) as api:
+        empty = await api.get("/v1/route", params={"ip": ""})
+        spec = (await api.get("/openapi.json")).json()
+    assert (empty.status_code, empty.json()["parameter"]) == (400, "ip")
+    ip = _parameter(spec, "/v1/route", "get", "ip")["schema"]
+    valid = jsonschema_rs.validator_for(ip, validate_formats=True).is_valid
+    assert valid("81.2.69.1")
+    assert valid("2001:480::1")
+    for bad in ("", "1.2.3", "fe80::1%eth0", "1.2.3.4:80", "x" * 50):
+        assert not valid(bad), bad
+    assert "400" in spec["paths"]["/v1/route"]["get"]["responses"]
+
+
+async def test_session_ids_are_described_with_the_rule_the_server_applies(
+    standins: dict[str, StandIn],
+) -> None:
+    async with serving(config_for(standins)) as api:
+        spec = (await api.get("/openapi.json")).json()
+    post_items = spec["paths"]["/v1/route"]["post"]["requestBody"]["content"]["application/json"]
+    schemas = {
+        "query": _parameter(spec, "/v1/route", "get", "session")["schema"],
+        "path": _parameter(spec, "/v1/sessions/{session_id}", "get", "session_id")["schema"],
+        "body": post_items["schema"]["properties"]["requests"]["items"]["properties"]["session"],
+    }
+    for where, schema in schemas.items():
+        valid = jsonschema_rs.validator_for(schema).is_valid
+        for good in ("s1", "ab/cd+==", "x" * 128, "a.b_c~d:e=f-g"):
+            assert (valid(good), valid_id(good)) == (True, True), (where, good)
+        for bad in ("", "x" * 129, "a b", "a\nb", "tökén"):
+            assert (valid(bad), valid_id(bad)) == (False, False), (where, bad)
+
+
+async def test_every_answer_of_the_admin_operations_is_described(
+    standins: dict[str, StandIn],
+) -> None:
+    async with serving(config_for(standins)) as api:
+        spec = (await api.get("/openapi.json")).json()
+    operations = spec["paths"]["/v1/sessions/{session_id}"]
+    for method in ("get", "delete"):
+        responses = operations[method]["responses"]
+        assert {"200", "400", "401", "403", "404", "429", "503"} <= set(responses), method
+        assert "Retry-After" in responses["429"]["headers"]
+    assert spec["components"]["securitySchemes"]["admin"]["scheme"] == "bearer"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        pytest.param("DELETE", "/v1/route", {"GET", "HEAD", "POST"}, id="route"),
+        pytest.param("PUT", "/v1/sessions/s1", {"GET", "HEAD", "DELETE"}, id="sessions"),
+    ],
+)
+async def test_405_allow_lists_every_method_of_the_path(
+    standins: dict[str, StandIn], method: str, path: str, allowed: set[str]
+) -> None:
+    async with serving(config_for(standins)) as api:
+        r = await api.request(method, path)
+        spec = (await api.get("/openapi.json")).json()
+    assert (r.status_code, r.json()["error"]) == (405, "method_not_allowed")
+    assert {m.strip() for m in r.headers["allow"].split(",")} == allowed
+    described = "/v1/route" if path == "/v1/route" else "/v1/sessions/{session_id}"
+    methods = {m.upper() for m in spec["paths"][described] if m != "parameters"}
+    assert methods | {"HEAD"} == allowed
+
+
+@pytest.mark.parametrize("path", ["/v1/route/", "/v1/sessions", "/healthz/", "/v1/clusters/"])
+async def test_an_unknown_path_with_a_slash_is_a_json_404_not_a_redirect(
+    standins: dict[str, StandIn], path: str
+) -> None:
+    async with serving(config_for(standins)) as api:
+        r = await api.get(path)
+        posted = await api.post(path)
+        spec = (await api.get("/openapi.json")).json()
+    for answer in (r, posted):
+        assert answer.status_code == 404
+        assert answer.headers["content-type"] == "application/json"
+        assert answer.json()["error"] == "not_found"
+    assert path not in spec["paths"]

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import httpx
+import jsonschema_rs
 import pytest
 from asgi_lifespan import LifespanManager
 
@@ -257,3 +258,53 @@ async def test_session_metrics_and_status(config: Config, redis_server: RedisSer
     assert 'georouter_decisions_total{reason="sticky",cluster="eu-west"} 4' in metrics
     assert status["breaker"] == "open"
     assert status["mode"] == "standalone"
+
+
+@pytest.mark.parametrize(
+    "raw_id",
+    [
+        pytest.param("a%0Ab", id="newline"),
+        pytest.param("%0A", id="only-a-newline"),
+        pytest.param("a%0D%0Ab", id="crlf"),
+        pytest.param("a%00b", id="nul"),
+        pytest.param("x" * 129, id="too-long"),
+    ],
+)
+async def test_a_session_id_with_a_newline_is_a_400_not_a_404(config: Config, raw_id: str) -> None:
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    async with serving(config, admin_token=TOKEN) as api:
+        got = await api.get(f"/v1/sessions/{raw_id}", headers=auth)
+        deleted = await api.delete(f"/v1/sessions/{raw_id}", headers=auth)
+    for r in (got, deleted):
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == "invalid_parameter"
+        assert r.json()["parameter"] == "session_id"
+
+
+async def test_admin_answers_are_the_described_ones(config: Config) -> None:
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    async with serving(config, admin_token=TOKEN) as api:
+        await api.get("/v1/route", params={"ip": "81.2.69.1", "session": "s1"})
+        shown = await api.get("/v1/sessions/s1", headers=auth)
+        unknown = await api.get("/v1/sessions/nobody", headers=auth)
+        spec = (await api.get("/openapi.json")).json()
+    responses = spec["paths"]["/v1/sessions/{session_id}"]["get"]["responses"]
+    shown_schema = responses["200"]["content"]["application/json"]["schema"]
+    assert set(shown_schema["required"]) == set(shown.json())
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown_session")
+    assert "404" in responses
+
+
+async def test_with_session_keys_the_query_id_is_described_as_signed(config: Config) -> None:
+    async with serving(config, signer=SIGNER) as api:
+        spec = (await api.get("/openapi.json")).json()
+        unsigned = await api.get("/v1/route", params={"ip": "81.2.69.1", "session": "plain"})
+        signed = await api.get(
+            "/v1/route", params={"ip": "81.2.69.1", "session": SIGNER.sign("plain")}
+        )
+    route = spec["paths"]["/v1/route"]
+    query = next(p for p in route["get"]["parameters"] if p["name"] == "session")["schema"]
+    valid = jsonschema_rs.validator_for(query).is_valid
+    assert (unsigned.status_code, valid("plain")) == (400, False)
+    assert (signed.status_code, valid(SIGNER.sign("plain"))) == (200, True)
+    assert signed.json()["session"]["id"] == "plain"

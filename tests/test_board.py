@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 import pytest
 
 from georouter.config import Cluster
-from georouter.core.health import HealthState, Status
+from georouter.core.health import MAX_WINDOW, HealthState, Status
 from georouter.probes.board import HealthBoard
 
 NAMES = ("eu-west", "us-east", "ap-sydney")
@@ -36,6 +36,8 @@ UP = HealthState(
     since=1_700_000_000.125,
     last_probe_at=1_700_000_123.5,
     last_detail="HTTP 200",
+    recent=0b10_0000_0100,  # two failures among the last ten
+    recent_len=10,
 )
 DOWN = HealthState(
     status=Status.DOWN,
@@ -45,6 +47,8 @@ DOWN = HealthState(
     since=1_700_000_100.25,
     last_probe_at=1_700_000_123.75,
     last_detail="connect error: [Errno 111] Connection refused",
+    recent=0b1,
+    recent_len=1,
 )
 UNPROBED = HealthState()
 
@@ -66,6 +70,25 @@ def test_published_states_read_back_equal(board: HealthBoard) -> None:
     assert board.states["eu-west"] == at_epoch
     assert board.states["us-east"].since is None
     assert board.states["us-east"].last_probe_at is None
+
+
+@pytest.mark.parametrize(
+    ("recent", "recent_len"),
+    [
+        pytest.param(0, 0, id="empty"),
+        pytest.param(1 << (MAX_WINDOW - 1), MAX_WINDOW, id="oldest-bit-of-the-longest"),
+        pytest.param((1 << MAX_WINDOW) - 1, MAX_WINDOW, id="all-failed"),
+    ],
+)
+def test_the_failure_window_reads_back_whole(
+    board: HealthBoard, recent: int, recent_len: int
+) -> None:
+    # A replacement prober carries on from the board: the window must not be cut.
+    state = HealthState(status=Status.UP, recent=recent, recent_len=recent_len)
+    board.publish(states(eu_west=state), ready=True)
+    read = board.states["eu-west"]
+    assert (read.recent, read.recent_len) == (recent, recent_len)
+    assert read.as_json()["recent_failures"] == recent.bit_count()
 
 
 @pytest.mark.parametrize(

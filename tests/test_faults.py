@@ -78,6 +78,8 @@ def edge(
             "connect_timeout_s": CONNECT_TIMEOUT_S,
             "retry_interval_s": RETRY_INTERVAL_S,
         },
+        # One test process stands for many clients: no per-address new-session budget.
+        limits={"new_sessions_per_s": 0},
     )
     return make_edge(write_config(text))
 

@@ -164,3 +164,35 @@ async def test_a_url_the_client_cannot_use_is_a_failed_probe_not_a_dead_monitor(
             assert not task.done()
         finally:
             task.cancel()
+
+
+async def test_a_replacement_monitor_carries_on_from_the_published_window(
+    make_standins: Callable[..., dict[str, StandIn]],
+) -> None:
+    from georouter.core.health import HealthState
+
+    standins = make_standins("c1")
+    standins["c1"].health_status = 503
+    # Four failures, none two in a row, among its last nine probes (newest in bit 0).
+    published = {
+        "c1": HealthState(status=Status.UP, consecutive_ok=1, recent=0b1010_1010, recent_len=9)
+    }
+    async with httpx.AsyncClient() as client:
+        monitor = HealthMonitor(clusters_for(standins), FAST, client, initial=published)
+        monitor.record(monitor.clusters[0], await monitor.probe(monitor.clusters[0]))
+    # Its fifth among ten: down at once, though fall = 3 is far off.
+    state = monitor.states["c1"]
+    assert (state.status, state.consecutive_failed) == (Status.DOWN, 1)
+
+
+@pytest.mark.parametrize(
+    ("window", "window_fall"),
+    [pytest.param(65, 5, id="longer-than-the-board-carries"), pytest.param(10, 0, id="no-fall")],
+)
+async def test_a_monitor_refuses_a_window_it_cannot_keep(window: int, window_fall: int) -> None:
+    from dataclasses import replace
+
+    settings = replace(FAST, window=window, window_fall=window_fall)
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(ValueError, match="window"):
+            HealthMonitor((Cluster("c1", "http://127.0.0.1:9", 0.0, 0.0),), settings, client)

@@ -49,6 +49,8 @@ def shared_config(
         # Agreement between edges is under test, not Redis timeouts: generous ones keep
         # a loaded machine from turning a slow answer into a degraded, local decision.
         sessions={"redis_url": redis_server.url, "command_timeout_s": 1, "connect_timeout_s": 1},
+        # One test process stands for many clients: no per-address new-session budget.
+        limits={"new_sessions_per_s": 0},
     )
     return write_config(text)
 
@@ -306,6 +308,7 @@ def test_a_burst_of_new_sessions_at_two_fresh_edges_on_a_busy_machine_is_never_s
             router={"fallback": "us-east"},
             health=FAST_HEALTH,
             sessions={"redis_url": redis_server.url},
+            limits={"new_sessions_per_s": 0},
         )
     )
     edges = [make_edge(path), make_edge(path)]

@@ -212,6 +212,41 @@ async def test_a_failover_repins_in_redis_and_keeps_the_sessions_age(
     assert same_pin(pinned(followed), pinned(moved))
 
 
+async def test_a_client_over_its_budget_keeps_its_sessions_but_makes_no_new_key(
+    edges: Edges, redis_server: RedisServer
+) -> None:
+    edge_a, edge_b = edges.make(), edges.make()
+    made = pinned(await edge_a.resolve("mine", "eu-west", everything))
+    # Known to Redis, unknown to edge_b: served, and still free to fail over.
+    kept = await edge_b.resolve("mine", "us-east", everything, may_create=False)
+    assert (kept.why, same_pin(pinned(kept), made)) == (Why.STICKY, True)
+    moved = await edge_b.resolve("mine", "us-east", all_but("eu-west"), may_create=False)
+    assert (pinned(moved).cluster, moved.why) == ("us-east", Why.FAILOVER)
+    refused = await edge_b.resolve("stranger", "us-east", everything, may_create=False)
+    assert refused == Resolution(None, Why.REFUSED, degraded=False)
+    assert values(redis_server, ["stranger"]) == [None]
+    # No cluster to go to is still "none", whatever the budget.
+    none = await edge_b.resolve("stranger", None, everything, may_create=False)
+    assert none.why is Why.NONE
+
+
+async def test_without_redis_a_client_over_its_budget_makes_no_new_pin_either(
+    edges: Edges, redis_server: RedisServer
+) -> None:
+    m = edges.make()
+    known = pinned(await m.resolve("known", "eu-west", everything))
+    redis_server.kill()
+    served = await m.resolve("known", "us-east", everything, may_create=False)
+    assert (served.why, served.degraded, same_pin(pinned(served), known)) == (
+        Why.STICKY,
+        True,
+        True,
+    )
+    refused = await m.resolve("stranger", "us-east", everything, may_create=False)
+    assert refused == Resolution(None, Why.REFUSED, degraded=True)
+    assert m.status().pending_write_back == 1  # only the known one, put back later
+
+
 # -- Redis away: the breaker and the outage memory ------------------------------
 
 

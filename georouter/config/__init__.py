@@ -11,9 +11,11 @@ from georouter.config.model import (
     Config,
     GeoipSettings,
     HealthSettings,
+    LimitsSettings,
     Network,
     RouterSettings,
     SessionSettings,
+    SessionSource,
 )
 from georouter.config.parse import load, parse
 
@@ -23,9 +25,11 @@ __all__ = [
     "Config",
     "GeoipSettings",
     "HealthSettings",
+    "LimitsSettings",
     "Network",
     "RouterSettings",
     "SessionSettings",
+    "SessionSource",
     "load",
     "parse",
 ]

@@ -56,6 +56,25 @@ class HealthSettings:
     timeout_s: float = 2.0
     rise: int = 2
     fall: int = 3
+    # Besides `fall` failures in a row: `window_fall` failures among the last
+    # `window` probes take an up cluster down (gdnsd's down counter), so a
+    # cluster that fails every other probe does not stay up. window = 0: off.
+    window: int = 10
+    window_fall: int = 5
+    # What a healthy answer is: one of these statuses (empty: any 2xx), and a
+    # body containing `expect_body` (empty: any body).
+    expect_status: tuple[int, ...] = ()
+    expect_body: str = ""
+    # The most of a probe's body that is read; a longer body fails the probe.
+    max_body_bytes: int = 65536
+
+
+class SessionSource(StrEnum):
+    """Where a request may carry its session id."""
+
+    QUERY = "query"
+    HEADER = "header"
+    COOKIE = "cookie"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +97,33 @@ class SessionSettings:
     near_cache_s: float = 30.0
     # The embedded redis-server keeps its append-only file here.
     state_dir: Path = Path("state")
+    # With GEOROUTER_SESSION_KEYS set, ids from these sources are accepted
+    # unsigned; every other source must carry `<id>.<signature>`.
+    unsigned_sources: tuple[SessionSource, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    """What one client or one request may cost an edge, whichever server runs it."""
+
+    # Request line excluded: the headers' names and values, in bytes, and their count.
+    header_bytes: int = 16384
+    header_count: int = 100
+    body_bytes: int = 1 << 20
+    # From a connection's first byte (or its last response) to a request's last
+    # header, and from there to the request's last body byte.
+    header_timeout_s: float = 5.0
+    request_deadline_s: float = 10.0
+    # Requests in progress per process; beyond it a 503 and the connection closes.
+    max_in_flight: int = 1000
+    # New sessions one client address may start (IPv6 by /64): a token bucket of
+    # `new_sessions_burst` refilled at `new_sessions_per_s`. 0: no limit.
+    new_sessions_per_s: float = 20.0
+    new_sessions_burst: int = 200
+    # Wrong admin tokens one address may present within `admin_lockout_s` before
+    # it is refused with 429 until the window has passed.
+    admin_failures: int = 10
+    admin_lockout_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +133,4 @@ class Config:
     geoip: GeoipSettings = field(default_factory=GeoipSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     sessions: SessionSettings = field(default_factory=SessionSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)

@@ -11,7 +11,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
+
+# Redis numbers its databases with a C int; SELECT refuses anything beyond.
+MAX_DB = 2**31 - 1
+_DIGITS = re.compile(r"[0-9]{1,10}")
 
 
 class RedisMode(StrEnum):
@@ -71,7 +75,9 @@ def parse_redis_url(value: str) -> RedisTarget:
             raise ValueError(f"names no socket path: {value!r}")
         if scheme != "unix" and not parts.hostname:
             raise ValueError(f"has no host: {value!r}")
-        return RedisTarget(mode=RedisMode.STANDALONE, url=value, tls=scheme == "rediss")
+        return RedisTarget(
+            mode=RedisMode.STANDALONE, url=value, db=_standalone_db(parts), tls=scheme == "rediss"
+        )
     base, _, mode_name = scheme.partition("+")
     if base not in ("redis", "rediss") or mode_name not in ("sentinel", "cluster"):
         raise ValueError(
@@ -79,6 +85,9 @@ def parse_redis_url(value: str) -> RedisTarget:
         )
     mode = RedisMode(mode_name)
     netloc, _, path = rest.partition("/")
+    if "?" in path or "#" in path:
+        # No option of a query would reach the client: it would end up in the names.
+        raise ValueError(f"must not have a query or fragment: {scheme}:// URLs take none")
     userinfo, at, hosts = netloc.rpartition("@")
     username = password = None
     if at:
@@ -99,9 +108,9 @@ def parse_redis_url(value: str) -> RedisTarget:
             raise ValueError("names no master: redis+sentinel://host:26379,.../MASTER_NAME[/DB]")
         service = segments.pop(0)
     if segments:
-        if len(segments) > 1 or not segments[0].isdigit() or mode is RedisMode.CLUSTER:
+        if len(segments) > 1 or mode is RedisMode.CLUSTER:
             raise ValueError(f"has an unexpected path {path!r}")
-        db = int(segments[0])
+        db = _db(segments[0])
     return RedisTarget(
         mode=mode,
         url=value,
@@ -112,6 +121,29 @@ def parse_redis_url(value: str) -> RedisTarget:
         password=password,
         tls=base == "rediss",
     )
+
+
+def _db(text: str) -> int:
+    """A database number as written in a URL: 0..MAX_DB, in ASCII digits."""
+    if not _DIGITS.fullmatch(text) or int(text) > MAX_DB:
+        raise ValueError(f"has a bad database number {text!r}: use 0..{MAX_DB}")
+    return int(text)
+
+
+def _standalone_db(parts: SplitResult) -> int:
+    """The database of a redis://, rediss:// or unix:// URL, as redis-py reads it:
+    ``?db=N`` if given, else (not for unix://) the path ``/N``."""
+    dbs = parse_qs(parts.query).get("db")
+    if dbs:
+        checked = [_db(text) for text in dbs]
+        return checked[0]  # as redis-py does; every one checked
+    path = unquote(parts.path)
+    if parts.scheme.lower() == "unix" or path in ("", "/"):
+        return 0
+    # redis-py would quietly ignore a path that is not a number, or join "/1/2" into 12.
+    if not path.startswith("/"):
+        raise ValueError(f"has an unexpected path {path!r}")
+    return _db(path[1:])
 
 
 def _host_port(item: str, default_port: int) -> tuple[str, int] | None:
@@ -127,6 +159,6 @@ def _host_port(item: str, default_port: int) -> tuple[str, int] | None:
         return None
     if not port_text:
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) <= 65535:
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 0 < int(port_text) <= 65535:
         return None
     return host, int(port_text)

@@ -16,6 +16,8 @@ class SessionView(NamedTuple):
     pin: Pin | None
     # Decided without Redis.
     degraded: bool
+    # Pinned by this request (a new session, not a failover).
+    new: bool = False
 
     def as_json(self) -> dict[str, object]:
         ttl_ms = self.pin.ttl_ms if self.pin else None

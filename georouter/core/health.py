@@ -7,6 +7,11 @@ on purpose, not by accident (HAProxy's ``init-state``, PowerDNS's
 everything-fails-first): the first probe alone sets the initial state, so an
 edge that starts beside healthy clusters routes at once, and one that starts
 beside a dead cluster never sends it a request.
+
+Failures in a row alone miss a cluster that fails every other probe: it never
+reaches ``fall`` and stays up while half its answers are errors. So failures
+are also counted over a window (gdnsd's down counter): an up cluster goes
+down after ``window_fall`` failures among its last ``window`` probes.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from types import MappingProxyType
+
+# The most probes a window may span: the recent results are kept as the bits of
+# one unsigned 64-bit word, which is also how the HealthBoard carries them.
+MAX_WINDOW = 64
 
 
 class Status(StrEnum):
@@ -41,10 +50,18 @@ class HealthState:
     since: float | None = None
     last_probe_at: float | None = None
     last_detail: str = ""
+    # The window: the outcomes of the last ``recent_len`` probes since the status
+    # last changed, newest in bit 0, a set bit a failure.
+    recent: int = 0
+    recent_len: int = 0
 
     @property
     def routable(self) -> bool:
         return self.status is Status.UP
+
+    @property
+    def recent_failures(self) -> int:
+        return self.recent.bit_count()
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -55,22 +72,53 @@ class HealthState:
             "since": self.since,
             "last_probe_at": self.last_probe_at,
             "last_detail": self.last_detail,
+            "recent_failures": self.recent_failures,
+            "recent_probes": self.recent_len,
         }
 
 
+def check_window(window: int, window_fall: int) -> None:
+    """Raise ``ValueError`` for window settings ``observe`` cannot honour."""
+    if not 0 <= window <= MAX_WINDOW:
+        raise ValueError(f"health window must be 0 (off) to {MAX_WINDOW} probes, not {window}")
+    if window and not 1 <= window_fall <= window:
+        raise ValueError(f"health window_fall must be 1 to window ({window}), not {window_fall}")
+
+
 def observe(
-    state: HealthState, result: ProbeResult, *, now: float, rise: int, fall: int
+    state: HealthState,
+    result: ProbeResult,
+    *,
+    now: float,
+    rise: int,
+    fall: int,
+    window: int = 0,
+    window_fall: int = 0,
 ) -> HealthState:
-    """The state after one more probe result."""
+    """The state after one more probe result (``window = 0``: no window, failures in a
+    row only; see ``check_window`` for the valid settings)."""
     ok = state.consecutive_ok + 1 if result.ok else 0
     failed = 0 if result.ok else state.consecutive_failed + 1
+    # A window shorter than the one kept so far (the settings changed) drops the oldest.
+    keep = (1 << window) - 1
+    recent = ((state.recent << 1) | (not result.ok)) & keep
+    recent_len = min(state.recent_len + 1, window)
     status = state.status
     if status is Status.UNKNOWN:
         status = Status.UP if result.ok else Status.DOWN
-    elif status is Status.UP and failed >= fall:
+    elif status is Status.UP and (
+        failed >= fall or (window and not result.ok and recent.bit_count() >= window_fall)
+    ):
         status = Status.DOWN
     elif status is Status.DOWN and ok >= rise:
         status = Status.UP
+    if status is not state.status:
+        # A new status starts a new record, holding only the probe that changed it:
+        # a cluster that has just met ``rise`` is judged on what it does from now on,
+        # not taken down again by a single failure on top of the failures that took
+        # it down before (rise/fall, not the window, decide when it is back).
+        recent = int(not result.ok) & keep
+        recent_len = min(1, window)
     return replace(
         state,
         status=status,
@@ -80,6 +128,8 @@ def observe(
         since=now if status is not state.status else state.since,
         last_probe_at=now,
         last_detail=result.detail,
+        recent=recent,
+        recent_len=recent_len,
     )
 
 

@@ -3,20 +3,34 @@
 They answer only when ``GEOROUTER_ADMIN_TOKEN`` is set and the request presents
 it; the token is compared in constant time on digests, so a wrong, missing or
 non-ASCII token is a 401, never a 500.
+
+Guessing is bounded: ``[limits] admin_failures`` wrong tokens from one client
+address (IPv6 by /64) within ``admin_lockout_s`` lock that address out, with
+429 and ``Retry-After``, right token or not, until the window has passed. Each
+wrong token is logged with its address, up to the lockout, which is logged
+once: a flood of guesses cannot flood the log.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import math
+import time
+from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from georouter.config import LimitsSettings
+from georouter.core.ratelimit import FailureWindow, client_key
 from georouter.errors import ApiError, StoreUnavailable
-from georouter.http.common import JSON, Services, services
+from georouter.http.common import JSON, Services, client_ip, services
 from georouter.sessions.ids import valid_id
 from georouter.sessions.map import SessionMap
+
+log = logging.getLogger(__name__)
 
 
 def tokens_equal(presented: str, expected: str) -> bool:
@@ -30,25 +44,26 @@ def tokens_equal(presented: str, expected: str) -> bool:
     return hmac.compare_digest(a, b)
 
 
-def _authorised(request: Request) -> tuple[Services, SessionMap]:
-    svc = services(request)
-    if svc.admin_token is None:
-        raise ApiError(
-            403,
-            "admin_disabled",
-            "the admin API is off: set GEOROUTER_ADMIN_TOKEN on the edge to enable it",
-        )
+def _disabled() -> ApiError:
+    return ApiError(
+        403,
+        "admin_disabled",
+        "the admin API is off: set GEOROUTER_ADMIN_TOKEN on the edge to enable it",
+    )
+
+
+def _unauthorised() -> ApiError:
+    return ApiError(
+        401,
+        "unauthorized",
+        "a valid admin bearer token is required",
+        headers={"www-authenticate": 'Bearer realm="georouter-admin"'},
+    )
+
+
+def _presented_token_ok(request: Request, expected: str) -> bool:
     scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not tokens_equal(presented.strip(), svc.admin_token):
-        raise ApiError(
-            401,
-            "unauthorized",
-            "a valid admin bearer token is required",
-            headers={"www-authenticate": 'Bearer realm="georouter-admin"'},
-        )
-    if svc.sessions is None:
-        raise ApiError(404, "sessions_disabled", "sessions are not enabled on this edge")
-    return svc, svc.sessions
+    return scheme.lower() == "bearer" and tokens_equal(presented.strip(), expected)
 
 
 def _session_id(request: Request) -> str:
@@ -63,30 +78,102 @@ def _session_id(request: Request) -> str:
     return session_id
 
 
-async def get_session(request: Request) -> Response:
-    _, sessions = _authorised(request)
-    session_id = _session_id(request)
-    try:
-        pin = await sessions.peek(session_id)
-    except StoreUnavailable as exc:
-        raise ApiError(503, "session_store_unavailable", f"Redis did not answer: {exc}") from exc
-    if pin is None:
-        raise ApiError(404, "unknown_session", "no such session", session=session_id)
-    return JSON(
-        {
-            "id": session_id,
-            "pinned": pin.cluster,
-            "pinned_at_ms": pin.pinned_at_ms,
-            "ttl_s": None if pin.ttl_ms is None else round(pin.ttl_ms / 1000, 3),
-        }
-    )
+class AdminApi:
+    """The admin handlers of one app, with that app's count of wrong tokens per address.
 
+    ``clock`` is monotonic seconds (the lockout must not move with wall-clock steps).
+    """
 
-async def delete_session(request: Request) -> Response:
-    _, sessions = _authorised(request)
-    session_id = _session_id(request)
-    try:
-        await sessions.forget(session_id)
-    except StoreUnavailable as exc:
-        raise ApiError(503, "session_store_unavailable", f"Redis did not answer: {exc}") from exc
-    return JSON({"id": session_id, "forgotten": True})
+    def __init__(
+        self, limits: LimitsSettings, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._failures = FailureWindow(limits.admin_failures, limits.admin_lockout_s)
+        self._clock = clock
+
+    def _authorised(self, request: Request) -> tuple[Services, SessionMap]:
+        svc = services(request)
+        if svc.admin_token is None:
+            raise _disabled()
+        address = client_ip(request, svc.runtime.trust)
+        key = client_key(address)
+        now = self._clock()
+        wait = self._failures.locked_out(key, now)
+        if wait > 0:
+            retry_after = max(1, math.ceil(wait))
+            raise ApiError(
+                429,
+                "too_many_failures",
+                f"too many wrong admin tokens from this address; retry in {retry_after}s",
+                headers={"retry-after": str(retry_after)},
+            )
+        if not _presented_token_ok(request, svc.admin_token):
+            self._failed(svc, key, address, now)
+            raise _unauthorised()
+        if svc.sessions is None:
+            raise ApiError(404, "sessions_disabled", "sessions are not enabled on this edge")
+        return svc, svc.sessions
+
+    def _failed(self, svc: Services, key: str, address: object, now: float) -> None:
+        window = self._failures
+        count = window.failed(key, now)
+        svc.metrics.family(
+            "georouter_admin_auth_failures_total",
+            "Admin requests refused for a missing or wrong token.",
+        ).values[()] += 1
+        shown = address if address is not None else "an unknown address"
+        if window.limit <= 0:
+            # No lockout: still one line per address per window, not one per guess.
+            if count == 1:
+                log.warning(
+                    "admin: wrong or missing token from %s (further ones from it in the"
+                    " next %gs are not logged)",
+                    shown,
+                    window.window_s,
+                )
+        elif count < window.limit:
+            log.warning(
+                "admin: wrong or missing token from %s (%d of %d allowed within %gs)",
+                shown,
+                count,
+                window.limit,
+                window.window_s,
+            )
+        elif count == window.limit:
+            log.warning(
+                "admin: %d wrong or missing tokens from %s within %gs: refusing it"
+                " until the window has passed",
+                count,
+                shown,
+                window.window_s,
+            )
+
+    async def get_session(self, request: Request) -> Response:
+        _, sessions = self._authorised(request)
+        session_id = _session_id(request)
+        try:
+            pin = await sessions.peek(session_id)
+        except StoreUnavailable as exc:
+            raise ApiError(
+                503, "session_store_unavailable", f"Redis did not answer: {exc}"
+            ) from exc
+        if pin is None:
+            raise ApiError(404, "unknown_session", "no such session", session=session_id)
+        return JSON(
+            {
+                "id": session_id,
+                "pinned": pin.cluster,
+                "pinned_at_ms": pin.pinned_at_ms,
+                "ttl_s": None if pin.ttl_ms is None else round(pin.ttl_ms / 1000, 3),
+            }
+        )
+
+    async def delete_session(self, request: Request) -> Response:
+        _, sessions = self._authorised(request)
+        session_id = _session_id(request)
+        try:
+            await sessions.forget(session_id)
+        except StoreUnavailable as exc:
+            raise ApiError(
+                503, "session_store_unavailable", f"Redis did not answer: {exc}"
+            ) from exc
+        return JSON({"id": session_id, "forgotten": True})

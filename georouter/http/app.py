@@ -22,22 +22,25 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from georouter.config import Config
+from georouter.core.ratelimit import TokenBuckets
 from georouter.errors import ApiError
 from georouter.geoip.database import GeoDatabase
-from georouter.http import admin, status
+from georouter.http import admin, paths, status
 from georouter.http import routing as api
 from georouter.http.common import (
     INTERNAL_ERROR,
     JSON,
+    Drain,
     HealthSource,
     Services,
     error_body,
     send_json,
 )
+from georouter.http.limits import Limits
 from georouter.metrics import Metrics
 from georouter.probes.active import HealthMonitor, probe_client
 from georouter.router import Router
@@ -69,17 +72,6 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return JSON(INTERNAL_ERROR, status_code=500)
 
 
-class AsgiEndpoint:
-    """Mount a plain ASGI function as is: Starlette would wrap a function as a
-    request handler, with the per-request machinery the hot path avoids."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self._app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._app(scope, receive, send)
-
-
 def create_app(
     config: Config,
     *,
@@ -87,6 +79,8 @@ def create_app(
     admin_token: str | None = None,
     signer: CookieSigner | None = None,
     health: HealthSource | None = None,
+    drain: Drain | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> ASGIApp:
     """The georouter ASGI app for ``config``. Sessions are on when ``config`` names a Redis.
 
@@ -96,6 +90,9 @@ def create_app(
 
     def clock_ms() -> int:
         return int(clock() * 1000)
+
+    metrics = Metrics()
+    drain = drain or Drain()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -111,7 +108,6 @@ def create_app(
                     config.geoip.max_age_days,
                 )
             http = await stack.enter_async_context(probe_client())
-            metrics = Metrics()
             sessions = None
             if config.sessions.redis is not None:
                 store = RedisSessionStore(
@@ -141,6 +137,11 @@ def create_app(
                 sessions=sessions,
                 signer=signer,
                 admin_token=admin_token,
+                new_sessions=TokenBuckets(
+                    config.limits.new_sessions_per_s, config.limits.new_sessions_burst
+                ),
+                monotonic=monotonic,
+                drain=drain,
             )
             async with asyncio.TaskGroup() as tg:
                 tasks = []
@@ -161,29 +162,39 @@ def create_app(
                     for task in tasks:
                         task.cancel()
 
+    # This app's own count of wrong admin tokens per address (never shared state).
+    admin_api = admin.AdminApi(config.limits, clock=monotonic)
     routes = [
-        # GET is answered by FastRoute before Starlette; this route serves HEAD.
-        Route("/v1/route", AsgiEndpoint(api.route_one), methods=["GET"]),
-        Route("/v1/route", api.route_batch, methods=["POST"]),
-        Route("/v1/sessions/{session_id:path}", admin.get_session, methods=["GET"]),
-        Route("/v1/sessions/{session_id:path}", admin.delete_session, methods=["DELETE"]),
+        # One route per path, so a 405's Allow lists all its methods. GET /v1/route
+        # is answered by FastRoute before Starlette; this route serves HEAD and POST.
+        paths.one_route("/v1/route", get=api.route_one, post=request_response(api.route_batch)),
+        # Any session id reaches the handler, newline and all, to be answered 400.
+        paths.any_tail(
+            paths.one_route(
+                "/v1/sessions/{session_id:path}",
+                get=request_response(admin_api.get_session),
+                delete=request_response(admin_api.delete_session),
+            )
+        ),
         Route("/v1/clusters", status.list_clusters, methods=["GET"]),
         Route("/healthz", status.healthz, methods=["GET"]),
         Route("/readyz", status.readyz, methods=["GET"]),
         Route("/metrics", status.metrics, methods=["GET"]),
         Route("/openapi.json", status.openapi_json, methods=["GET"]),
     ]
-    return FastRoute(
-        Starlette(
-            routes=routes,
-            lifespan=lifespan,
-            exception_handlers={
-                ApiError: _api_error,
-                HTTPException: _http_error,
-                Exception: _server_error,
-            },
-        )
+    starlette = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _server_error,
+        },
     )
+    # An unknown path is the JSON 404, never a redirect to a path the API does not serve
+    # (``/v1/route/`` was a bare 307 with an empty body).
+    starlette.router.redirect_slashes = False
+    return Limits(FastRoute(starlette), config.limits, metrics, drain)
 
 
 class FastRoute:

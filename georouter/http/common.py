@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
@@ -14,6 +15,7 @@ from starlette.types import Send
 
 from georouter.core.clientip import IPAddress, TrustRule
 from georouter.core.health import HealthState
+from georouter.core.ratelimit import TokenBuckets
 from georouter.errors import ApiError
 from georouter.geoip.database import GeoDatabase
 from georouter.metrics import Metrics
@@ -35,6 +37,14 @@ class HealthSource(Protocol):
     def unroutable(self) -> Mapping[str, str]: ...
 
 
+@dataclass(slots=True)
+class Drain:
+    """Set once the edge is shutting down: it still serves, but says it is not ready,
+    so the load balancer in front stops sending it new connections first."""
+
+    draining: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Services:
     """Everything a request handler may use; built and closed by the app's lifespan."""
@@ -46,6 +56,10 @@ class Services:
     sessions: SessionMap | None
     signer: CookieSigner | None
     admin_token: str | None
+    # New sessions per client address (`[limits] new_sessions_*`).
+    new_sessions: TokenBuckets = field(default_factory=lambda: TokenBuckets(0, 0))
+    monotonic: Callable[[], float] = time.monotonic
+    drain: Drain = field(default_factory=Drain)
 
     @property
     def runtime(self) -> Runtime:

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from georouter.config import SessionSource
 from georouter.core.clientip import IPAddress, parse_address
-from georouter.errors import ApiError
+from georouter.core.decision import Decision
+from georouter.core.ratelimit import client_key
+from georouter.errors import ApiError, NewSessionRefused
 from georouter.http.common import JSON, Services, client_ip, query_of, send_json, services
 from georouter.runtime import Runtime
 from georouter.sessions.ids import valid_id
+
+log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 MAX_BODY_BYTES = 1 << 20
@@ -44,20 +51,38 @@ def _address(raw: str, *, parameter: str | None = None, field: str | None = None
     raise ApiError(400, "invalid_body", message, field=field)
 
 
+def _accepted(raw: str, source: SessionSource, svc: Services, rt: Runtime) -> str | None:
+    """The session id ``raw`` names from ``source``, or None if it is not acceptable.
+
+    With ``GEOROUTER_SESSION_KEYS`` set, an id must carry our signature unless
+    the operator lists its source in ``[sessions] unsigned_sources``: an unsigned
+    id from anywhere would let any client mint Redis keys.
+    """
+    if svc.signer is None or source in rt.config.sessions.unsigned_sources:
+        return raw if valid_id(raw) else None
+    return svc.signer.verify(raw)
+
+
+def _id_rule(svc: Services, rt: Runtime, source: SessionSource) -> str:
+    if svc.signer is None or source in rt.config.sessions.unsigned_sources:
+        return _ID_RULE
+    return "signed by this edge's GEOROUTER_SESSION_KEYS (<id>.<signature>)"
+
+
 def session_of(request: Request, svc: Services, rt: Runtime, query: dict[str, str]) -> str | None:
     """The session id: ``session=``, else the session header, else the session cookie.
 
-    A malformed id that the caller sent on purpose (query or header) is a 400. A
-    cookie that fails its signature check is ignored, and so creates no Redis key.
+    A malformed or unsigned id that the caller sent on purpose (query or header)
+    is a 400. A cookie that fails its check is ignored, and so creates no Redis key.
     """
     settings = rt.config.sessions
     raw = query.get("session")
     if raw is not None:
-        if not valid_id(raw):
-            raise ApiError(
-                400, "invalid_parameter", f"session must be {_ID_RULE}", parameter="session"
-            )
-        return raw
+        found = _accepted(raw, SessionSource.QUERY, svc, rt)
+        if found is None:
+            rule = _id_rule(svc, rt, SessionSource.QUERY)
+            raise ApiError(400, "invalid_parameter", f"session must be {rule}", parameter="session")
+        return found
     header_name = settings.header.encode("latin-1")
     header: str | None = None
     cookie_header: str | None = None
@@ -69,22 +94,55 @@ def session_of(request: Request, svc: Services, rt: Runtime, query: dict[str, st
         elif name == b"cookie":
             cookie_header = value.decode("latin-1")
     if header is not None:
-        if not valid_id(header):
+        found = _accepted(header, SessionSource.HEADER, svc, rt)
+        if found is None:
+            rule = _id_rule(svc, rt, SessionSource.HEADER)
             raise ApiError(
-                400,
-                "invalid_header",
-                f"{settings.header} must be {_ID_RULE}",
-                header=settings.header,
+                400, "invalid_header", f"{settings.header} must be {rule}", header=settings.header
             )
-        return header
+        return found
     if cookie_header is None:
         return None
     raw = request.cookies.get(settings.cookie)
     if raw is None:
         return None
-    if svc.signer is not None:
-        return svc.signer.verify(raw)
-    return raw if valid_id(raw) else None
+    return _accepted(raw, SessionSource.COOKIE, svc, rt)
+
+
+async def route_with_budget(
+    svc: Services,
+    rt: Runtime,
+    peer: IPAddress | None,
+    client: IPAddress | None,
+    session_id: str | None,
+) -> Decision:
+    """``router.route``, within the new-session budget of the address that asks.
+
+    The budget is the asking peer's (as resolved through trusted proxies), not
+    the ``ip`` it asks about, which it chooses. A token is spent only when a
+    session was pinned, so a client's returning sessions never use it up.
+    """
+    budget = svc.new_sessions
+    if session_id is None or svc.sessions is None or not budget.enabled:
+        return await svc.router.route(client, session_id, rt)
+    key = client_key(peer)
+    now = svc.monotonic()
+    try:
+        decision = await svc.router.route(
+            client, session_id, rt, may_create=budget.available(key, now)
+        )
+    except NewSessionRefused:
+        retry = max(1, math.ceil(budget.retry_after_s(key, svc.monotonic())))
+        raise ApiError(
+            429,
+            "too_many_new_sessions",
+            f"this address may start at most {budget.rate_per_s:g} new sessions a second"
+            f" (bursts of {budget.burst}); retry in {retry}s",
+            headers={"retry-after": str(retry)},
+        ) from None
+    if decision.session is not None and decision.session.new:
+        budget.spend(key, now)
+    return decision
 
 
 def _require_ready(svc: Services) -> None:
@@ -110,30 +168,40 @@ async def route_one(scope: Scope, receive: Receive, send: Send) -> None:
     query = query_of(request)
     explain = _flag(query, "explain")
     raw_ip = query.get("ip")
-    client = (
-        _address(raw_ip, parameter="ip") if raw_ip is not None else client_ip(request, rt.trust)
-    )
+    peer = client_ip(request, rt.trust)
+    client = _address(raw_ip, parameter="ip") if raw_ip is not None else peer
     session_id = session_of(request, svc, rt, query)
     if "session" in query:
         _require_sessions(svc, session_id)
     _require_ready(svc)
-    decision = await svc.router.route(client, session_id, rt)
+    decision = await route_with_budget(svc, rt, peer, client, session_id)
     status = 200 if decision.cluster is not None else 503
     await send_json(send, status, decision.as_json(explain=explain))
 
 
-async def _read_body(request: Request, *, limit: int) -> bytes:
+async def _read_body(request: Request, svc: Services, *, limit: int) -> bytes:
     too_large = ApiError(413, "body_too_large", f"the body is over {limit} bytes")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # A client that leaves is not the edge's error: counted, and one debug
+        # line at most (a traceback per abandoned body would let any client fill
+        # the log disk).
+        svc.metrics.family(
+            "georouter_client_disconnects_total",
+            "Requests whose client hung up before its body was read.",
+        ).values[()] += 1
+        log.debug("client %s left before sending its body", request.client)
+        raise ApiError(499, "client_closed_request", "the client hung up") from None
     return b"".join(chunks)
 
 
@@ -172,30 +240,39 @@ async def route_batch(request: Request) -> Response:
     explain = _flag(query_of(request), "explain")
     try:
         # orjson refuses what would exhaust json's recursion or integer limits.
-        body = orjson.loads(await _read_body(request, limit=MAX_BODY_BYTES))
+        body = orjson.loads(await _read_body(request, svc, limit=MAX_BODY_BYTES))
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_body", f"body must be JSON: {exc}") from exc
     asks: list[tuple[IPAddress | None, str | None]] = []
+    peer = client_ip(request, rt.trust)
     for i, item in enumerate(_batch_items(body)):
         raw_ip, session_id = item.get("ip"), item.get("session")
         if raw_ip is None:
-            client = client_ip(request, rt.trust)
+            client = peer
         elif isinstance(raw_ip, str):
             client = _address(raw_ip, field=f"requests[{i}].ip")
         else:
             raise ApiError(
                 400, "invalid_body", f"requests[{i}].ip must be a string", field=f"requests[{i}].ip"
             )
-        if session_id is not None and not (isinstance(session_id, str) and valid_id(session_id)):
-            raise ApiError(
-                400,
-                "invalid_body",
-                f"requests[{i}].session must be {_ID_RULE}",
-                field=f"requests[{i}].session",
+        if session_id is not None:
+            found = (
+                _accepted(session_id, SessionSource.QUERY, svc, rt)
+                if isinstance(session_id, str)
+                else None
             )
+            if found is None:
+                raise ApiError(
+                    400,
+                    "invalid_body",
+                    f"requests[{i}].session must be {_id_rule(svc, rt, SessionSource.QUERY)}",
+                    field=f"requests[{i}].session",
+                )
+            session_id = found
         _require_sessions(svc, session_id)
         asks.append((client, session_id))
     _require_ready(svc)
-    route = svc.router.route
-    decisions = [(await route(c, s, rt)).as_json(explain=explain) for c, s in asks]
+    decisions = [
+        (await route_with_budget(svc, rt, peer, c, s)).as_json(explain=explain) for c, s in asks
+    ]
     return JSON({"decisions": decisions})

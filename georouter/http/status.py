@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from georouter.config import Config
+from georouter.config import Config, SessionSource
 from georouter.core.breaker import BreakerState
 from georouter.http import openapi
 from georouter.http.common import JSON, Services, services
@@ -63,6 +63,8 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     svc = services(request)
+    if svc.drain.draining:
+        return JSON({"ready": False, "draining": True}, status_code=503)
     if not svc.health.ready:
         return JSON(
             {"ready": False, "waiting_for": ["first round of health checks"]}, status_code=503
@@ -89,4 +91,9 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi_json(request: Request) -> Response:
-    return JSON(openapi.SPEC)
+    # What this edge accepts: with session keys set, a query id must be signed
+    # unless the operator lets it in unsigned.
+    svc = services(request)
+    unsigned = svc.runtime.config.sessions.unsigned_sources
+    query_signed = svc.signer is not None and SessionSource.QUERY not in unsigned
+    return JSON(openapi.spec_for(query_signed=query_signed))

@@ -2,6 +2,11 @@
 
 Every edge probes every cluster itself, so one edge's view never depends on
 another's. All probes share one ``httpx.AsyncClient`` owned by the caller.
+
+A health endpoint is the cluster's to answer, and a broken or hostile one must
+not cost the edge more than one probe's worth: each probe has one deadline for
+the whole exchange and reads a bounded body, so no answer can hold the edge's
+readiness back or fill its memory.
 """
 
 from __future__ import annotations
@@ -14,9 +19,21 @@ from collections.abc import Callable, Mapping
 import httpx
 
 from georouter.config import Cluster, HealthSettings
-from georouter.core.health import HealthState, ProbeResult, Status, observe, unroutable
+from georouter.core.health import (
+    HealthState,
+    ProbeResult,
+    Status,
+    check_window,
+    observe,
+    unroutable,
+)
 
 log = logging.getLogger(__name__)
+
+
+# The body's size is checked as it arrives off the wire: a compressed body would
+# be inflated a whole network read at a time, before any check could stop it.
+_PROBE_HEADERS = {"accept-encoding": "identity"}
 
 
 def probe_client() -> httpx.AsyncClient:
@@ -41,6 +58,9 @@ class HealthMonitor:
         on_change: Callable[[], None] | None = None,
         initial: Mapping[str, HealthState] | None = None,
     ) -> None:
+        # Here, not at the first probe: a window the board cannot carry must stop
+        # the edge at start-up, not kill its monitor later.
+        check_window(settings.window, settings.window_fall)
         self.clusters = clusters
         self.settings = settings
         self._client = client
@@ -78,20 +98,53 @@ class HealthMonitor:
 
     async def probe(self, cluster: Cluster) -> ProbeResult:
         url = probe_url(cluster, self.settings)
+        timeout_s = self.settings.timeout_s
         try:
-            response = await self._client.get(
-                url, timeout=self.settings.timeout_s, follow_redirects=False
-            )
-        except httpx.TimeoutException:
-            return ProbeResult(ok=False, detail=f"timeout after {self.settings.timeout_s:g}s")
+            # httpx's own timeout applies to each read, so an endpoint that sends a
+            # byte now and then would never trip it: this deadline covers connecting,
+            # the headers and the body together.
+            async with asyncio.timeout(timeout_s):
+                return await self._exchange(url)
+        except (TimeoutError, httpx.TimeoutException):
+            return ProbeResult(ok=False, detail=f"timeout after {timeout_s:g}s")
         except httpx.ConnectError as exc:
             return ProbeResult(ok=False, detail=f"connect error: {exc or type(exc).__name__}")
-        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, ValueError) as exc:
             # InvalidURL and IDNA errors (a ValueError) are not HTTPErrors; a URL the
             # client cannot use is a failed probe, never a dead monitor.
             return ProbeResult(ok=False, detail=f"{type(exc).__name__}: {exc}")
-        ok = 200 <= response.status_code < 300
-        return ProbeResult(ok=ok, detail=f"HTTP {response.status_code}")
+
+    async def _exchange(self, url: str) -> ProbeResult:
+        s = self.settings
+        async with self._client.stream(
+            "GET", url, headers=_PROBE_HEADERS, timeout=s.timeout_s, follow_redirects=False
+        ) as response:
+            # Leaving this block before the body's end closes the connection rather
+            # than reading the rest to reuse it: a failed probe costs no more bytes.
+            status = response.status_code
+            seen = f"HTTP {status}"
+            if s.expect_status and status not in s.expect_status:
+                wanted = " or ".join(str(code) for code in s.expect_status)
+                return ProbeResult(ok=False, detail=f"{seen}, expected {wanted}")
+            if not s.expect_status and not 200 <= status < 300:
+                return ProbeResult(ok=False, detail=seen)
+            over = ProbeResult(ok=False, detail=f"{seen}, body over {s.max_body_bytes} bytes")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > s.max_body_bytes:
+                return over
+            body = bytearray()
+            # Raw: the bytes as sent, so the cap bounds both memory and what is read.
+            async for chunk in response.aiter_raw():
+                body += chunk
+                if len(body) > s.max_body_bytes:
+                    return over
+            if s.expect_body:
+                encoding = response.headers.get("content-encoding", "identity").lower()
+                if encoding != "identity":
+                    return ProbeResult(ok=False, detail=f"{seen}, body is {encoding}-encoded")
+                if s.expect_body not in body.decode("utf-8", "replace"):
+                    return ProbeResult(ok=False, detail=f"{seen}, body lacks {s.expect_body!r}")
+            return ProbeResult(ok=True, detail=seen)
 
     def record(self, cluster: Cluster, result: ProbeResult) -> HealthState:
         before = self.states[cluster.name]
@@ -101,6 +154,8 @@ class HealthMonitor:
             now=self._clock(),
             rise=self.settings.rise,
             fall=self.settings.fall,
+            window=self.settings.window,
+            window_fall=self.settings.window_fall,
         )
         self.states[cluster.name] = after
         if after.status is not before.status:

@@ -20,14 +20,19 @@ from georouter.config import Cluster
 from georouter.core.health import HealthState, Status, unroutable
 
 _HEADER = struct.Struct("<QB")  # sequence, first round done
-# status, consecutive ok, consecutive failed, probes, since, last probe at, detail
-_RECORD = struct.Struct("<BIIIdd96s")
+# status, consecutive ok, consecutive failed, probes, since, last probe at, detail,
+# and the window (its bits and length): a replacement prober carries on from
+# what is published here, so the window must survive the trip like the counters.
+_RECORD = struct.Struct("<BIIIdd96sQB")
 _STATUS_CODES = {Status.UNKNOWN: 0, Status.UP: 1, Status.DOWN: 2}
 _STATUSES = {code: status for status, code in _STATUS_CODES.items()}
 _NAN = float("nan")
 
 
-def _fields(state: HealthState) -> tuple[int, int, int, int, float, float, bytes]:
+_Fields = tuple[int, int, int, int, float, float, bytes, int, int]
+
+
+def _fields(state: HealthState) -> _Fields:
     return (
         _STATUS_CODES[state.status],
         state.consecutive_ok,
@@ -36,6 +41,8 @@ def _fields(state: HealthState) -> tuple[int, int, int, int, float, float, bytes
         _NAN if state.since is None else state.since,
         _NAN if state.last_probe_at is None else state.last_probe_at,
         _truncate(state.last_detail, 96),
+        state.recent,
+        state.recent_len,
     )
 
 
@@ -47,8 +54,8 @@ def _truncate(text: str, limit: int) -> bytes:
     return raw[:limit].decode("utf-8", "ignore").encode("utf-8")
 
 
-def _decode(raw: tuple[int, int, int, int, float, float, bytes]) -> HealthState:
-    status, ok, failed, probes, since, last, detail = raw
+def _decode(raw: _Fields) -> HealthState:
+    status, ok, failed, probes, since, last, detail, recent, recent_len = raw
     return HealthState(
         status=_STATUSES[status],
         consecutive_ok=ok,
@@ -57,6 +64,8 @@ def _decode(raw: tuple[int, int, int, int, float, float, bytes]) -> HealthState:
         since=None if math.isnan(since) else since,  # NaN: never
         last_probe_at=None if math.isnan(last) else last,
         last_detail=detail.rstrip(b"\0").decode("utf-8", "replace"),
+        recent=recent,
+        recent_len=recent_len,
     )
 
 

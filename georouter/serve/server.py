@@ -8,12 +8,13 @@ as such instead of as a traceback from deep inside the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import ipaddress
 import logging
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -21,7 +22,9 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 from starlette.types import ASGIApp
 
+from georouter.config import LimitsSettings
 from georouter.errors import ListenError
+from georouter.http.common import Drain
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _hypercorn_config(sock: socket.socket) -> HypercornConfig:
+def _hypercorn_config(sock: socket.socket, limits: LimitsSettings) -> HypercornConfig:
     config = HypercornConfig()
     # Hypercorn takes ownership of the descriptor and closes it on shutdown.
     config.bind = [f"fd://{sock.detach()}"]
@@ -87,9 +90,13 @@ def _hypercorn_config(sock: socket.socket) -> HypercornConfig:
     config.errorlog = logging.getLogger("hypercorn.error")
     # Hypercorn never times out a slow request by default (a slowloris door).
     config.read_timeout = 30
-    config.keep_alive_timeout = 5
+    # Hypercorn's idle timer runs from the connection (or the last response) until
+    # a request's headers are complete, so it is the header deadline as well.
+    config.keep_alive_timeout = limits.header_timeout_s
     config.graceful_timeout = 5
     config.include_server_header = False
+    # Bytes buffered while headers arrive; the header limits proper are georouter's own.
+    config.h11_max_incomplete_size = limits.header_bytes + 8192
     return config
 
 
@@ -106,16 +113,101 @@ async def serve(
     stop: asyncio.Event,
     *,
     kind: ServerKind = ServerKind.HYPERCORN,
+    limits: LimitsSettings | None = None,
+    drain: Drain | None = None,
+    drain_s: float = 0.0,
 ) -> None:
-    """Serve ``app`` on ``sock`` until ``stop`` is set; lifespan shutdown runs before return."""
+    """Serve ``app`` on ``sock`` until ``stop`` is set; lifespan shutdown runs before return.
+
+    With ``drain_s``, ``stop`` first starts a drain (``drain`` is what the app's
+    ``/readyz`` reads): the edge keeps serving for ``drain_s``, or until ``stop``
+    is set a second time, then finishes what is in flight and returns.
+    """
+    limits = limits or LimitsSettings()
+
+    async def stopped() -> None:
+        await stop.wait()
+        if drain is None or drain_s <= 0:
+            return
+        stop.clear()
+        drain.draining = True
+        log.info("draining for %gs: /readyz answers 503, requests are still served", drain_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), drain_s)
+
     if kind is ServerKind.UVICORN:
-        await _serve_uvicorn(app, sock, stop)
+        await _serve_uvicorn(app, sock, stopped, limits)
     else:
-        await hypercorn_serve(app, _hypercorn_config(sock), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        await hypercorn_serve(app, _hypercorn_config(sock, limits), shutdown_trigger=stopped)  # type: ignore[arg-type]
 
 
-async def _serve_uvicorn(app: ASGIApp, sock: socket.socket, stop: asyncio.Event) -> None:
+def _header_deadline(base: type[asyncio.Protocol], timeout_s: float) -> type[asyncio.Protocol]:
+    """Uvicorn's HTTP protocol ``base`` with a deadline on every request's headers.
+
+    Uvicorn arms no timer until a request's headers are complete, so a client
+    that trickles its headers (slowloris) held a connection for as long as it
+    liked. Both of Uvicorn's protocols create ``self.cycle`` when a request's
+    headers are complete, which is what ends the deadline here.
+    """
+
+    class HeaderDeadline(base):  # type: ignore[valid-type,misc]
+        _deadline: asyncio.TimerHandle | None = None
+        _waiting_since_cycle: object = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            cycle = self.cycle
+            if self._deadline is None and (cycle is None or cycle.response_complete):
+                self._arm()
+            super().data_received(data)
+            if self._deadline is not None and self.cycle is not self._waiting_since_cycle:
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._waiting_since_cycle = self.cycle
+            self._deadline = self.loop.call_later(timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expired(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadline
+
+
+async def _serve_uvicorn(
+    app: ASGIApp,
+    sock: socket.socket,
+    stopped: Callable[[], Awaitable[None]],
+    limits: LimitsSettings,
+) -> None:
     import uvicorn  # noqa: PLC0415 - an optional extra
+    from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: PLC0415
+
+    base: type[asyncio.Protocol] = H11Protocol
+    if importlib.util.find_spec("httptools") is not None:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # noqa: PLC0415
+
+        base = HttpToolsProtocol
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # georouter's own handlers (stop_on_signals) decide what a signal does:
+            # Uvicorn's would exit at once, skipping the drain.
+            yield
 
     config = uvicorn.Config(
         app,
@@ -127,21 +219,21 @@ async def _serve_uvicorn(app: ASGIApp, sock: socket.socket, stop: asyncio.Event)
         server_header=False,
         access_log=False,
         log_level="warning",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=_header_deadline(base, limits.header_timeout_s),
         timeout_keep_alive=5,
         timeout_graceful_shutdown=5,
+        # Headers arriving are buffered up to this (h11); the limits proper are georouter's.
+        h11_max_incomplete_event_size=limits.header_bytes + 8192,
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
 
     async def stop_when_asked() -> None:
-        await stop.wait()
+        await stopped()
         server.should_exit = True
 
     async with asyncio.TaskGroup() as tg:
         watcher = tg.create_task(stop_when_asked(), name="stop-watcher")
         try:
-            # Uvicorn catches SIGINT/SIGTERM itself while serving, and re-raises them on
-            # the way out, where stop_on_signals' handlers see them.
             await server.serve(sockets=[sock])
         finally:
             watcher.cancel()

@@ -23,6 +23,7 @@ from typing import Any
 
 from georouter.config import Config
 from georouter.http.app import create_app
+from georouter.http.common import Drain
 from georouter.probes.active import HealthMonitor, probe_client
 from georouter.probes.board import HealthBoard
 from georouter.serve.server import ServerKind, event_loop_factory, serve, sibling, stop_on_signals
@@ -80,12 +81,14 @@ def _worker(
     kind: ServerKind,
     admin_token: str | None,
     signer: CookieSigner | None,
+    drain_s: float,
 ) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
-        app = create_app(config, admin_token=admin_token, signer=signer, health=board)
-        await serve(app, sock, stop, kind=kind)
+        drain = Drain()
+        app = create_app(config, admin_token=admin_token, signer=signer, health=board, drain=drain)
+        await serve(app, sock, stop, kind=kind, limits=config.limits, drain=drain, drain_s=drain_s)
 
     run_loop(main)
 
@@ -100,8 +103,10 @@ class Supervisor:
         kind: ServerKind,
         admin_token: str | None,
         signer: CookieSigner | None,
+        drain_s: float = 0.0,
     ) -> None:
         self.config = config
+        self.drain_s = drain_s
         self.workers = workers
         self.kind = kind
         self.admin_token = admin_token
@@ -149,6 +154,7 @@ class Supervisor:
                     kind=self.kind,
                     admin_token=self.admin_token,
                     signer=self.signer,
+                    drain_s=self.drain_s,
                 )
         except BaseException:
             log.exception("%s failed", role)
@@ -174,7 +180,7 @@ class Supervisor:
         stop_deadline: float | None = None
         while self.children:
             if self.stopping and stop_deadline is None:
-                stop_deadline = time.monotonic() + _STOP_GRACE_S
+                stop_deadline = time.monotonic() + self.drain_s + _STOP_GRACE_S
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 for pid in self.children:
                     with contextlib.suppress(ProcessLookupError):

@@ -60,6 +60,7 @@ class Why(StrEnum):
     STICKY = "sticky"  # the pin it had, usable
     FAILOVER = "failover"  # its cluster was not usable: pinned now to the preferred one
     NONE = "none"  # no usable pin, and no cluster to pin to
+    REFUSED = "refused"  # no pin, and the caller allowed no new one
 
 
 class Resolution(NamedTuple):
@@ -121,10 +122,20 @@ class SessionMap:
     # -- the one question ---------------------------------------------------------
 
     async def resolve(
-        self, session_id: str, preferred: str | None, usable: Callable[[str], bool]
+        self,
+        session_id: str,
+        preferred: str | None,
+        usable: Callable[[str], bool],
+        *,
+        may_create: bool = True,
     ) -> Resolution:
         """The cluster for ``session_id``: its pin while ``usable``, else a new pin to
-        ``preferred`` (None: no cluster can take it, so nothing is pinned)."""
+        ``preferred`` (None: no cluster can take it, so nothing is pinned).
+
+        ``may_create=False`` (a client over its new-session budget): a session
+        with no pin is ``REFUSED`` and nothing is written; a pinned one is served
+        and may still fail over, which writes no new key.
+        """
         known = self._known
         near = known.near.get(session_id, self._clock_ms())
         if near is not None and usable(near.cluster):
@@ -134,19 +145,26 @@ class SessionMap:
         try:
             if self._breaker.allows:
                 try:
-                    return await self._resolve_in_store(session_id, preferred, usable)
+                    return await self._resolve_in_store(
+                        session_id, preferred, usable, may_create=may_create
+                    )
                 except StoreUnavailable as exc:
                     self._failed(exc)
-            return self._resolve_in_memory(session_id, preferred, usable)
+            return self._resolve_in_memory(session_id, preferred, usable, may_create=may_create)
         finally:
             known.asking[session_id] -= 1
             if not known.asking[session_id]:
                 del known.asking[session_id]
 
     async def _resolve_in_store(
-        self, session_id: str, preferred: str | None, usable: Callable[[str], bool]
+        self,
+        session_id: str,
+        preferred: str | None,
+        usable: Callable[[str], bool],
+        *,
+        may_create: bool,
     ) -> Resolution:
-        if preferred is not None and not self._known.knows(session_id):
+        if preferred is not None and may_create and not self._known.knows(session_id):
             # New to this edge: pin it, unless another edge has pinned it already, in
             # one round trip either way.
             held, made = await self._ask(session_id, Ask.claim(preferred))
@@ -155,6 +173,8 @@ class SessionMap:
         else:
             held = await self._read(session_id)
         was_pinned = held is not None
+        if not was_pinned and not may_create and preferred is not None:
+            return Resolution(None, Why.REFUSED, degraded=False)
         for _ in range(MAX_PIN_ROUNDS):
             if held is not None and usable(held.cluster):
                 return Resolution(held, Why.STICKY, degraded=False)
@@ -198,7 +218,12 @@ class SessionMap:
         return (None if pin.forgotten else pin), written
 
     def _resolve_in_memory(
-        self, session_id: str, preferred: str | None, usable: Callable[[str], bool]
+        self,
+        session_id: str,
+        preferred: str | None,
+        usable: Callable[[str], bool],
+        *,
+        may_create: bool = True,
     ) -> Resolution:
         """Without Redis: the same rule against this edge's memory; queued for Redis."""
         self._degraded_count[()] += 1
@@ -209,6 +234,8 @@ class SessionMap:
             return Resolution(held, Why.STICKY, degraded=True)
         if preferred is None:
             return Resolution(held, Why.NONE, degraded=True)
+        if held is None and not may_create:
+            return Resolution(None, Why.REFUSED, degraded=True)
         replacing = held.cluster if held is not None else None
         pin = self._known.made_here(session_id, preferred, replacing)
         return Resolution(pin, Why.FAILOVER if held is not None else Why.NEW, degraded=True)

@@ -8,7 +8,7 @@ the tests. It holds the current runtime snapshot; each request uses one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Protocol
 
@@ -98,7 +98,7 @@ class Router:
         session_id: str | None,
         runtime: Runtime | None = None,
         *,
-        may_create: bool = True,
+        may_create: bool | Callable[[], bool] = True,
     ) -> Decision:
         """The cluster for a client, keeping a session on the cluster it is pinned to.
 

@@ -482,3 +482,35 @@ def test_sigterm_drains_readiness_first_then_stops(
     print(f"\n{server}: drained and stopped {took:.2f}s after SIGTERM (drain {drain_s:g}s)")
     assert code == 0
     assert took >= drain_s
+
+
+def test_with_workers_every_worker_drains_before_the_edge_stops(
+    standins: dict[str, StandIn],
+    redis_server: RedisServer,
+    write_config: Callable[[str], Path],
+    make_edge: Callable[..., Edge],
+) -> None:
+    drain_s = 2.0
+    edge = make_edge(
+        write_config(_config(standins, redis_server)),
+        args=("--workers", "2", "--drain-s", str(drain_s)),
+    )
+    signalled = time.monotonic()
+    edge.process.send_signal(signal.SIGTERM)
+    # New connections land on either worker (SO_REUSEPORT): each must say it drains.
+    answers = wait_for(
+        lambda: (
+            rs := [httpx.get(edge.url + "/readyz", timeout=2).status_code for _ in range(20)]
+        )
+        and set(rs) == {503}
+        and rs,
+        timeout_s=drain_s,
+        what="/readyz to turn 503 on every worker",
+    )
+    served = httpx.get(edge.url + "/v1/route", params={"ip": "81.2.69.142"}, timeout=2)
+    code = edge.process.wait(timeout=drain_s + 20)
+    took = time.monotonic() - signalled
+    print(f"\n2 workers: {len(answers)} x 503 while draining; stopped after {took:.2f}s")
+    assert served.status_code == 200
+    assert code == 0
+    assert took >= drain_s

@@ -112,25 +112,33 @@ def session_of(request: Request, svc: Services, rt: Runtime, query: dict[str, st
 async def route_with_budget(
     svc: Services,
     rt: Runtime,
-    peer: IPAddress | None,
+    request: Request,
     client: IPAddress | None,
     session_id: str | None,
+    *,
+    client_is_peer: bool,
 ) -> Decision:
     """``router.route``, within the new-session budget of the address that asks.
 
     The budget is the asking peer's (as resolved through trusted proxies), not
-    the ``ip`` it asks about, which it chooses. A token is spent only when a
-    session was pinned, so a client's returning sessions never use it up.
+    the ``ip`` it asks about, which it chooses. It is looked at only when the
+    near cache cannot answer, and a token is spent only when a session was
+    pinned, so a client's returning sessions never use it up.
     """
     budget = svc.new_sessions
     if session_id is None or svc.sessions is None or not budget.enabled:
         return await svc.router.route(client, session_id, rt)
-    key = client_key(peer)
-    now = svc.monotonic()
+    key = ""
+    now = 0.0
+
+    def may_create() -> bool:
+        nonlocal key, now
+        key = client_key(client if client_is_peer else client_ip(request, rt.trust))
+        now = svc.monotonic()
+        return budget.available(key, now)
+
     try:
-        decision = await svc.router.route(
-            client, session_id, rt, may_create=budget.available(key, now)
-        )
+        decision = await svc.router.route(client, session_id, rt, may_create=may_create)
     except NewSessionRefused:
         retry = max(1, math.ceil(budget.retry_after_s(key, svc.monotonic())))
         raise ApiError(
@@ -141,7 +149,7 @@ async def route_with_budget(
             headers={"retry-after": str(retry)},
         ) from None
     if decision.session is not None and decision.session.new:
-        budget.spend(key, now)
+        budget.spend(key or client_key(client_ip(request, rt.trust)), now or svc.monotonic())
     return decision
 
 
@@ -168,13 +176,16 @@ async def route_one(scope: Scope, receive: Receive, send: Send) -> None:
     query = query_of(request)
     explain = _flag(query, "explain")
     raw_ip = query.get("ip")
-    peer = client_ip(request, rt.trust)
-    client = _address(raw_ip, parameter="ip") if raw_ip is not None else peer
+    client = (
+        _address(raw_ip, parameter="ip") if raw_ip is not None else client_ip(request, rt.trust)
+    )
     session_id = session_of(request, svc, rt, query)
     if "session" in query:
         _require_sessions(svc, session_id)
     _require_ready(svc)
-    decision = await route_with_budget(svc, rt, peer, client, session_id)
+    decision = await route_with_budget(
+        svc, rt, request, client, session_id, client_is_peer=raw_ip is None
+    )
     status = 200 if decision.cluster is not None else 503
     await send_json(send, status, decision.as_json(explain=explain))
 
@@ -273,6 +284,9 @@ async def route_batch(request: Request) -> Response:
         asks.append((client, session_id))
     _require_ready(svc)
     decisions = [
-        (await route_with_budget(svc, rt, peer, c, s)).as_json(explain=explain) for c, s in asks
+        (await route_with_budget(svc, rt, request, c, s, client_is_peer=c is peer)).as_json(
+            explain=explain
+        )
+        for c, s in asks
     ]
     return JSON({"decisions": decisions})

@@ -127,20 +127,23 @@ class SessionMap:
         preferred: str | None,
         usable: Callable[[str], bool],
         *,
-        may_create: bool = True,
+        may_create: bool | Callable[[], bool] = True,
     ) -> Resolution:
         """The cluster for ``session_id``: its pin while ``usable``, else a new pin to
         ``preferred`` (None: no cluster can take it, so nothing is pinned).
 
         ``may_create=False`` (a client over its new-session budget): a session
         with no pin is ``REFUSED`` and nothing is written; a pinned one is served
-        and may still fail over, which writes no new key.
+        and may still fail over, which writes no new key. A callable is asked
+        only when the near cache cannot answer, so a busy session never pays for it.
         """
         known = self._known
         near = known.near.get(session_id, self._clock_ms())
         if near is not None and usable(near.cluster):
             self._near_hits[()] += 1
             return Resolution(near, Why.STICKY, degraded=False)
+        if not isinstance(may_create, bool):
+            may_create = may_create()
         known.asking[session_id] += 1
         try:
             if self._breaker.allows:

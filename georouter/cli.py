@@ -15,8 +15,9 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
-from georouter.config import Config, load
+from georouter.config import Config, compare, load, load_version
 from georouter.config.redisurl import RedisMode, RedisTarget
 from georouter.core.clientip import IPAddress, parse_address
 from georouter.demo import run as demo
@@ -24,6 +25,7 @@ from georouter.errors import ConfigError, EmbeddedRedisError, ListenError, Probl
 from georouter.geoip.database import DatabaseInfo, GeoDatabase
 from georouter.http.app import create_app
 from georouter.http.common import Drain
+from georouter.http.reload import ConfigFile, ReloadRequests, file_stamp
 from georouter.metrics import Metrics
 from georouter.router import AssumeAllUp, Router
 from georouter.runtime import Runtime
@@ -31,6 +33,7 @@ from georouter.serve.server import (
     ListenAddress,
     ServerKind,
     configure_logging,
+    reload_on_hangup,
     serve,
     stop_on_signals,
     url_of,
@@ -54,10 +57,17 @@ def open_database(config: Config) -> GeoDatabase:
     return GeoDatabase.configured(config.geoip, now=time.time())
 
 
-def load_checked(path: Path) -> tuple[Config, DatabaseInfo]:
+class Checked(NamedTuple):
+    config: Config
+    database: DatabaseInfo
+    # The file's version (``config.load_version``): what a reload compares against.
+    version: str
+
+
+def load_checked(path: Path) -> Checked:
     """Load the config and prove that its GeoIP database opens and its Redis URL is
-    usable; the database's description."""
-    config = load(path)
+    usable; with the database's description and the file's version."""
+    config, version = load_version(path)
     db = open_database(config)
     info = db.info
     db.close()
@@ -66,7 +76,7 @@ def load_checked(path: Path) -> tuple[Config, DatabaseInfo]:
             check_target(config.sessions.redis)
         except ValueError as exc:
             raise ConfigError([Problem("sessions.redis_url", str(exc))]) from exc
-    return config, info
+    return Checked(config, info, version)
 
 
 def _report(path: Path, exc: ConfigError) -> int:
@@ -77,9 +87,11 @@ def _report(path: Path, exc: ConfigError) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.diff:
+        return _diff(*(Path(p) for p in args.diff))
     path = _config_path(args.config)
     try:
-        config, info = load_checked(path)
+        config, info, _ = load_checked(path)
     except ConfigError as exc:
         return _report(path, exc)
     print(f"{path}: ok: {len(config.clusters)} clusters, fallback {config.router.fallback}")
@@ -90,6 +102,38 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"warning: the GeoIP database is {info.age_days:.0f} days old;"
             " install a current GeoIP2/GeoLite2 City database for accurate locations"
         )
+    return 0
+
+
+def _diff(old_path: Path, new_path: Path) -> int:
+    """``check --diff OLD NEW``: what a reload from OLD to NEW would do (0: it would
+    apply; 1: NEW is invalid or changes keys that need a restart)."""
+    try:
+        old = load(old_path)
+    except ConfigError as exc:
+        return _report(old_path, exc)
+    try:
+        new = load_checked(new_path).config
+    except ConfigError as exc:
+        return _report(new_path, exc)
+    change = compare(old, new)
+    for label, names in (
+        ("clusters added", change.added),
+        ("clusters removed (their sessions fail over)", change.removed),
+        ("clusters moved (clients may now be nearer another)", change.moved),
+        ("clusters re-addressed", change.readdressed),
+        ("keys changed", change.changed),
+    ):
+        if names:
+            print(f"{label}: {', '.join(names)}")
+    if change.empty:
+        print("no change")
+    if change.needs_restart:
+        print(
+            f"needs a restart: {', '.join(change.needs_restart)} (a reload refuses the whole file)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -128,10 +172,13 @@ def session_backend(config: Config, *, state_dir: Path | None = None) -> Iterato
 def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     path = _config_path(args.config)
+    stamp = file_stamp(path)
     try:
-        config, _ = load_checked(path)
+        checked = load_checked(path)
     except ConfigError as exc:
         return _report(path, exc)
+    config = checked.config
+    config_file = ConfigFile(path, checked.version, config, stamp)
     try:
         admin_token, signer = _env_secrets()
         sock = ListenAddress.parse(args.listen).bind(reuse_port=args.workers > 1)
@@ -164,13 +211,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     admin_token=admin_token,
                     signer=signer,
                     drain_s=args.drain_s,
+                    config_file=config_file,
                 ).run()
 
             async def main() -> None:
                 stop = asyncio.Event()
                 stop_on_signals(stop)
+                reloads = ReloadRequests()
+                reload_on_hangup(reloads)
                 drain = Drain()
-                app = create_app(ready, admin_token=admin_token, signer=signer, drain=drain)
+                app = create_app(
+                    ready,
+                    admin_token=admin_token,
+                    signer=signer,
+                    drain=drain,
+                    config_file=config_file,
+                    reload_requests=reloads,
+                )
                 await serve(
                     app,
                     sock,
@@ -241,7 +298,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     configure_logging("warning")
     path = _config_path(args.config)
     try:
-        config, _ = load_checked(path)
+        config = load_checked(path).config
     except ConfigError as exc:
         return _report(path, exc)
     try:
@@ -272,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate a configuration and its GeoIP database")
     p.add_argument("--config", metavar="PATH", help=config_help)
+    p.add_argument(
+        "--diff",
+        nargs=2,
+        metavar=("OLD", "NEW"),
+        help="say what reloading NEW over OLD would change, and whether a reload can apply it",
+    )
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("serve", help="run an edge")

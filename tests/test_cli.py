@@ -189,3 +189,29 @@ def test_check_and_serve_refuse_a_redis_url_redis_py_would_refuse_later(
         assert result.returncode == 1, result.stderr
         assert f"sessions.redis_url: {message}" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_check_diff_says_what_a_reload_would_change(write_config: Callable[[str], Path]) -> None:
+    def clusters(*names: str, lat: float = 1.0) -> list[dict[str, object]]:
+        return [
+            {"name": n, "url": f"https://{n}.example.net", "lat": lat, "lon": 1.0} for n in names
+        ]
+
+    old = write_config(config_text(clusters("a", "b")))
+    new = write_config(config_text(clusters("a", "c", lat=2.0)))
+    result = run("check", "--diff", str(old), str(new))
+    assert result.returncode == 0, result.stderr
+    assert "clusters added: c" in result.stdout
+    assert "clusters removed (their sessions fail over): b" in result.stdout
+    assert "clusters moved (clients may now be nearer another): a" in result.stdout
+
+    restart = write_config(config_text(clusters("a", "b"), limits={"body_bytes": 5000}))
+    refused = run("check", "--diff", str(old), str(restart))
+    assert refused.returncode == 1
+    assert "needs a restart: limits.body_bytes" in refused.stderr
+
+    broken = write_config("[[clusters]]\nname = 1\n")
+    invalid = run("check", "--diff", str(old), str(broken))
+    assert invalid.returncode == 1
+    assert "clusters[0].name" in invalid.stderr
+    assert "Traceback" not in invalid.stderr

@@ -436,12 +436,31 @@ def test_trusting_every_peer_as_a_proxy_needs_an_explicit_acknowledgement(
     cidr: str, shown: str
 ) -> None:
     assert problems_of(router_with("10.0.0.0/8", cidr)) == [
-        f"router.trusted_proxies: [1] '{shown}' trusts every peer, so any client could choose"
-        " its own address; if every peer really is a proxy, set trust_all_proxies = true"
+        f"router.trusted_proxies: [1] '{shown}' trusts every peer, so nearly any client could"
+        " choose its own address; if every peer in it really is a proxy, set"
+        " trust_all_proxies = true"
     ]
     config = parse(tomllib.loads(router_with("10.0.0.0/8", cidr, ack="true")))
     assert config.router.trusted_proxies[1] == ipaddress.ip_network(shown)
     assert problems_of(router_with(cidr, ack="false"))[0].startswith("router.trusted_proxies: [0]")
+
+
+@pytest.mark.parametrize(
+    ("cidr", "allowed"),
+    [
+        ("0.0.0.0/1", False),
+        ("10.0.0.0/7", False),
+        ("10.0.0.0/8", True),
+        ("2000::/15", False),
+        ("2001::/16", True),
+    ],
+)
+def test_halves_of_everyone_need_the_acknowledgement_too(cidr: str, allowed: bool) -> None:
+    text = router_with("192.168.0.0/16", cidr)
+    if allowed:
+        assert parse(tomllib.loads(text)).router.trusted_proxies[1] == ipaddress.ip_network(cidr)
+    else:
+        assert any("trust_all_proxies = true" in p for p in problems_of(text))
 
 
 def test_trust_all_proxies_is_a_boolean_and_allowed_without_a_catch_all() -> None:

@@ -196,3 +196,38 @@ async def test_a_monitor_refuses_a_window_it_cannot_keep(window: int, window_fal
     async with httpx.AsyncClient() as client:
         with pytest.raises(ValueError, match="window"):
             HealthMonitor((Cluster("c1", "http://127.0.0.1:9", 0.0, 0.0),), settings, client)
+
+
+async def test_a_reconfigured_monitor_keeps_what_stays_probes_what_comes_and_drops_what_goes(
+    make_standins: Callable[..., dict[str, StandIn]],
+) -> None:
+    standins = make_standins("stays", "goes", "comes")
+    first = tuple(c for c in clusters_for(standins) if c.name != "comes")
+    async with httpx.AsyncClient() as client:
+        monitor = HealthMonitor(first, FAST, client)
+        task = asyncio.create_task(monitor.run())
+        try:
+            await asyncio.wait_for(monitor.first_round_done.wait(), timeout=5)
+            await until(lambda: monitor.states["stays"].probes >= 5, timeout_s=10, what="probes")
+            kept = monitor.states["stays"]
+            standins["goes"].health_status = 503  # a removed cluster's probes must stop
+
+            monitor.reconfigure(tuple(c for c in clusters_for(standins) if c.name != "goes"), FAST)
+            # At once, before any probe: the new one is not routable until probed.
+            assert set(monitor.states) == {"stays", "comes"}
+            assert dict(monitor.unroutable()) == {"comes": "not probed yet"}
+            assert monitor.states["stays"].probes >= kept.probes
+            assert monitor.ready
+            await until(
+                lambda: monitor.states["comes"].status is Status.UP, timeout_s=5, what="comes up"
+            )
+            assert dict(monitor.unroutable()) == {}
+            assert "goes" not in monitor.states
+            assert sorted(
+                t.get_name() for t in asyncio.all_tasks() if "health:" in t.get_name()
+            ) == [
+                "health:comes",
+                "health:stays",
+            ]
+        finally:
+            task.cancel()

@@ -5,6 +5,7 @@ with its key path) and reads the file, ``redisurl`` parses a Redis URL. The
 names below are the package's interface; nothing else reads TOML.
 """
 
+from georouter.config.diff import ConfigChange, compare
 from georouter.config.model import (
     ClientIpHeader,
     Cluster,
@@ -17,12 +18,13 @@ from georouter.config.model import (
     SessionSettings,
     SessionSource,
 )
-from georouter.config.parse import load, parse
+from georouter.config.parse import load, load_version, parse
 
 __all__ = [
     "ClientIpHeader",
     "Cluster",
     "Config",
+    "ConfigChange",
     "GeoipSettings",
     "HealthSettings",
     "LimitsSettings",
@@ -30,6 +32,8 @@ __all__ = [
     "RouterSettings",
     "SessionSettings",
     "SessionSource",
+    "compare",
     "load",
+    "load_version",
     "parse",
 ]

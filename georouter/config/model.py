@@ -39,6 +39,9 @@ class RouterSettings:
     trusted_proxies: tuple[Network, ...] = ()
     client_ip_header: ClientIpHeader = ClientIpHeader.X_FORWARDED_FOR
     max_forwarded_hops: int = 20
+    # How often a running edge looks for a changed config file (0: only on SIGHUP
+    # or POST /v1/config/reload).
+    watch_config_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ problem, each named by its key path (``clusters[2].lat: must be within
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import re
@@ -393,11 +394,17 @@ def parse(document: Mapping[str, Any], *, base_dir: Path | None = None) -> Confi
     # Only an acknowledgement: RouterSettings keeps no field for it.
     if not r.get("trust_all_proxies", _boolean, False):
         for i, net in enumerate(trusted_proxies):
-            if net.prefixlen == 0:
+            # Wider than a /8 (v4) or /16 (v6): a sum of such halves is "everyone" too.
+            if net.prefixlen < (8 if net.version == 4 else 16):
+                whom = (
+                    "every peer"
+                    if net.prefixlen == 0
+                    else f"2^{net.max_prefixlen - net.prefixlen} addresses"
+                )
                 r.problem(
                     "trusted_proxies",
-                    f"[{i}] {str(net)!r} trusts every peer, so any client could choose its"
-                    " own address; if every peer really is a proxy, set"
+                    f"[{i}] {str(net)!r} trusts {whom}, so nearly any client could choose"
+                    " its own address; if every peer in it really is a proxy, set"
                     " trust_all_proxies = true",
                 )
     router = RouterSettings(
@@ -407,6 +414,7 @@ def parse(document: Mapping[str, Any], *, base_dir: Path | None = None) -> Confi
             "client_ip_header", _choice(ClientIpHeader), ClientIpHeader.X_FORWARDED_FOR
         ),
         max_forwarded_hops=r.get("max_forwarded_hops", _count(1, 100), 20),
+        watch_config_s=r.get("watch_config_s", _number(0, 3600), 2.0),
     )
     r.finish()
 
@@ -668,11 +676,20 @@ def load(path: Path) -> Config:
 
     Whatever the file holds, the outcome is a ``Config`` or a ``ConfigError``.
     """
+    return load_version(path)[0]
+
+
+def load_version(path: Path) -> tuple[Config, str]:
+    """``load``, and the version of the file it read: the first 12 hex digits of
+    the SHA-256 of exactly the bytes parsed (a file replaced meanwhile cannot
+    give one file's config under another's version)."""
     try:
         with path.open("rb") as f:
             # Bounded: `--config /dev/zero` is an error, not all of memory.
             data = f.read(MAX_FILE_BYTES + 1)
-        base_dir = path.resolve().parent
+        # The folder the operator named, links not followed: a Kubernetes ConfigMap's
+        # file is a link into a directory that is replaced on every update.
+        base_dir = path.absolute().parent
     except OSError as exc:
         raise ConfigError([Problem(str(path), f"cannot read: {exc.strerror or exc}")]) from exc
     except RuntimeError as exc:  # Path.resolve() in a symlink loop
@@ -680,7 +697,8 @@ def load(path: Path) -> Config:
     if len(data) > MAX_FILE_BYTES:
         too_large = f"is larger than {MAX_FILE_BYTES >> 20} MiB; is it the right file?"
         raise ConfigError([Problem(str(path), too_large)])
-    return parse(_decode(data, str(path)), base_dir=base_dir)
+    version = hashlib.sha256(data).hexdigest()[:12]
+    return parse(_decode(data, str(path)), base_dir=base_dir), version
 
 
 MAX_FILE_BYTES = 16 << 20

@@ -45,31 +45,23 @@ class TokenBuckets:
         tokens, at = self._buckets.get(key, (float(self.burst), now))
         return min(float(self.burst), tokens + max(0.0, now - at) * self.rate_per_s)
 
-    def available(self, key: str, now: float) -> bool:
-        """Whether ``key`` has a token to spend (without spending it)."""
-        return not self.enabled or self._tokens(key, now) >= 1.0
-
-    def spend(self, key: str, now: float) -> None:
-        """Spend one of ``key``'s tokens (down to at most one below empty).
-
-        Spent after the fact, when what it paid for has happened: concurrent
-        requests that all saw a token overdraw the bucket by their number, and
-        the debt is repaid before the next one passes.
-        """
-        if not self.enabled:
-            return
-        tokens = max(-float(self.burst), self._tokens(key, now) - 1.0)
-        self._buckets.pop(key, None)
-        self._buckets[key] = (tokens, now)
-        if len(self._buckets) > self._max_keys:
-            self._buckets.popitem(last=False)
-
     def take(self, key: str, now: float) -> bool:
         """Spend one token of ``key``'s bucket; False (nothing spent) when it is empty."""
-        if not self.available(key, now):
-            return False
-        self.spend(key, now)
-        return True
+        if not self.enabled:
+            return True
+        tokens = self._tokens(key, now)
+        allowed = tokens >= 1.0
+        self._buckets.pop(key, None)
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._buckets) > self._max_keys:
+            self._buckets.popitem(last=False)
+        return allowed
+
+    def refund(self, key: str) -> None:
+        """Give back a token ``take`` spent on something that did not happen."""
+        found = self._buckets.get(key)
+        if found is not None:
+            self._buckets[key] = (min(float(self.burst), found[0] + 1.0), found[1])
 
     def retry_after_s(self, key: str, now: float) -> float:
         """Seconds until ``key`` has a token again (0 if it has one now)."""

@@ -26,7 +26,8 @@ from starlette.responses import Response
 from georouter.config import LimitsSettings
 from georouter.core.ratelimit import FailureWindow, client_key
 from georouter.errors import ApiError, StoreUnavailable
-from georouter.http.common import JSON, Services, client_ip, services
+from georouter.http.common import JSON, Services, client_ip, flag, query_of, services
+from georouter.http.reload import Reloader
 from georouter.sessions.ids import valid_id
 from georouter.sessions.map import SessionMap
 
@@ -91,6 +92,13 @@ class AdminApi:
         self._clock = clock
 
     def _authorised(self, request: Request) -> tuple[Services, SessionMap]:
+        svc = self._admin(request)
+        if svc.sessions is None:
+            raise ApiError(404, "sessions_disabled", "sessions are not enabled on this edge")
+        return svc, svc.sessions
+
+    def _admin(self, request: Request) -> Services:
+        """The services, once the request has shown the admin token."""
         svc = services(request)
         if svc.admin_token is None:
             raise _disabled()
@@ -109,9 +117,7 @@ class AdminApi:
         if not _presented_token_ok(request, svc.admin_token):
             self._failed(svc, key, address, now)
             raise _unauthorised()
-        if svc.sessions is None:
-            raise ApiError(404, "sessions_disabled", "sessions are not enabled on this edge")
-        return svc, svc.sessions
+        return svc
 
     def _failed(self, svc: Services, key: str, address: object, now: float) -> None:
         window = self._failures
@@ -177,3 +183,24 @@ class AdminApi:
                 503, "session_store_unavailable", f"Redis did not answer: {exc}"
             ) from exc
         return JSON({"id": session_id, "forgotten": True})
+
+    def _reloader(self, request: Request) -> Reloader:
+        svc = self._admin(request)
+        if svc.reloader is None:
+            raise ApiError(
+                404, "reload_unavailable", "this edge was not started from a configuration file"
+            )
+        return svc.reloader
+
+    async def get_config(self, request: Request) -> Response:
+        """``GET /v1/config``: the running file's version, when it was loaded, the last reload."""
+        return JSON(self._reloader(request).status())
+
+    async def reload_config(self, request: Request) -> Response:
+        """``POST /v1/config/reload[?dry_run=1]``: read the file again; 200 if it now
+        runs (or would, or is unchanged), 422 if it is invalid or needs a restart."""
+        reloader = self._reloader(request)
+        dry_run = flag(query_of(request), "dry_run")
+        outcome = reloader.reload(dry_run=dry_run)
+        status = 200 if outcome.result in ("ok", "unchanged") else 422
+        return JSON(outcome.as_json(), status_code=status)

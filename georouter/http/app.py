@@ -41,6 +41,7 @@ from georouter.http.common import (
     send_json,
 )
 from georouter.http.limits import Limits
+from georouter.http.reload import ConfigFile, Reloader, ReloadRequests
 from georouter.metrics import Metrics
 from georouter.probes.active import HealthMonitor, probe_client
 from georouter.router import Router
@@ -81,6 +82,8 @@ def create_app(
     health: HealthSource | None = None,
     drain: Drain | None = None,
     monotonic: Callable[[], float] = time.monotonic,
+    config_file: ConfigFile | None = None,
+    reload_requests: ReloadRequests | None = None,
 ) -> ASGIApp:
     """The georouter ASGI app for ``config``. Sessions are on when ``config`` names a Redis.
 
@@ -129,6 +132,16 @@ def create_app(
             router = Router(
                 Runtime.of(config), locator=geo, health=source, metrics=metrics, sessions=sessions
             )
+            reloader = None
+            if config_file is not None:
+
+                def apply(new: Config) -> None:
+                    # One step, no await: the next request sees all of the new file.
+                    router.swap(Runtime.of(new))
+                    if monitor is not None:
+                        monitor.reconfigure(new.clusters, new.health)
+
+                reloader = Reloader(config_file, config, apply, metrics, clock=clock)
             services = Services(
                 geo=geo,
                 health=source,
@@ -142,6 +155,7 @@ def create_app(
                 ),
                 monotonic=monotonic,
                 drain=drain,
+                reloader=reloader,
             )
             async with asyncio.TaskGroup() as tg:
                 tasks = []
@@ -151,6 +165,10 @@ def create_app(
                     tasks.append(tg.create_task(sessions.run(), name="redis-recovery"))
                     tasks.append(tg.create_task(sessions.follow_changes(), name="pin-changes"))
                     tasks.append(tg.create_task(sessions.refresh_near(), name="near-refresh"))
+                if reloader is not None:
+                    tasks.append(
+                        tg.create_task(reloader.follow(reload_requests), name="config-reload")
+                    )
                 # Start-up is done: what exists now (modules, the GeoIP reader, the
                 # clients) lives as long as the process. Frozen, full collections skip
                 # it; each one otherwise stalled the event loop for 20-50 ms here,
@@ -176,6 +194,8 @@ def create_app(
                 delete=request_response(admin_api.delete_session),
             )
         ),
+        Route("/v1/config", admin_api.get_config, methods=["GET"]),
+        Route("/v1/config/reload", admin_api.reload_config, methods=["POST"]),
         Route("/v1/clusters", status.list_clusters, methods=["GET"]),
         Route("/healthz", status.healthz, methods=["GET"]),
         Route("/readyz", status.readyz, methods=["GET"]),

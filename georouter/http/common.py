@@ -18,6 +18,7 @@ from georouter.core.health import HealthState
 from georouter.core.ratelimit import TokenBuckets
 from georouter.errors import ApiError
 from georouter.geoip.database import GeoDatabase
+from georouter.http.reload import Reloader
 from georouter.metrics import Metrics
 from georouter.router import Router
 from georouter.runtime import Runtime
@@ -60,6 +61,8 @@ class Services:
     new_sessions: TokenBuckets = field(default_factory=lambda: TokenBuckets(0, 0))
     monotonic: Callable[[], float] = time.monotonic
     drain: Drain = field(default_factory=Drain)
+    # Present when the edge runs from a file it can read again.
+    reloader: Reloader | None = None
 
     @property
     def runtime(self) -> Runtime:
@@ -94,6 +97,21 @@ def query_of(request: Request) -> dict[str, str]:
             value = unquote_plus(value)
         out[name] = value
     return out
+
+
+def flag(query: dict[str, str], name: str) -> bool:
+    """A 1/0 query flag; a bare ``?name`` or ``name=`` is true."""
+    raw = query.get(name)
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value in ("", "1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ApiError(
+        400, "invalid_parameter", f"{name} must be 1 or 0, not {raw[:32]!r}", parameter=name
+    )
 
 
 class JSON(Response):

@@ -98,7 +98,8 @@ class Limits:
             return
         self.in_flight += 1
         try:
-            if declared > 0 or chunked:
+            # HTTP/2 (Hypercorn speaks h2c) may send a body with neither header.
+            if declared > 0 or chunked or (declared < 0 and scope["http_version"] == "2"):
                 receive = self._bounded(receive)
             if self.drain.draining:
                 send = _closing(send)

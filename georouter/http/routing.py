@@ -16,7 +16,15 @@ from georouter.core.clientip import IPAddress, parse_address
 from georouter.core.decision import Decision
 from georouter.core.ratelimit import client_key
 from georouter.errors import ApiError, NewSessionRefused
-from georouter.http.common import JSON, Services, client_ip, query_of, send_json, services
+from georouter.http.common import (
+    JSON,
+    Services,
+    client_ip,
+    flag,
+    query_of,
+    send_json,
+    services,
+)
 from georouter.runtime import Runtime
 from georouter.sessions.ids import valid_id
 
@@ -25,20 +33,6 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 1000
 MAX_BODY_BYTES = 1 << 20
 _ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ ~ + / = : -"
-
-
-def _flag(query: dict[str, str], name: str) -> bool:
-    raw = query.get(name)
-    if raw is None:
-        return False
-    value = raw.strip().lower()
-    if value in ("", "1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ApiError(
-        400, "invalid_parameter", f"{name} must be 1 or 0, not {raw[:32]!r}", parameter=name
-    )
 
 
 def _address(raw: str, *, parameter: str | None = None, field: str | None = None) -> IPAddress:
@@ -122,20 +116,22 @@ async def route_with_budget(
 
     The budget is the asking peer's (as resolved through trusted proxies), not
     the ``ip`` it asks about, which it chooses. It is looked at only when the
-    near cache cannot answer, and a token is spent only when a session was
+    near cache cannot answer, and a token is kept only when a session was
     pinned, so a client's returning sessions never use it up.
     """
     budget = svc.new_sessions
     if session_id is None or svc.sessions is None or not budget.enabled:
         return await svc.router.route(client, session_id, rt)
     key = ""
-    now = 0.0
+    took = False
 
     def may_create() -> bool:
-        nonlocal key, now
+        # The token is taken before the session is pinned, so concurrent requests
+        # cannot all see the same one; one that pinned nothing gets it back.
+        nonlocal key, took
         key = client_key(client if client_is_peer else client_ip(request, rt.trust))
-        now = svc.monotonic()
-        return budget.available(key, now)
+        took = budget.take(key, svc.monotonic())
+        return took
 
     try:
         decision = await svc.router.route(client, session_id, rt, may_create=may_create)
@@ -148,8 +144,12 @@ async def route_with_budget(
             f" (bursts of {budget.burst}); retry in {retry}s",
             headers={"retry-after": str(retry)},
         ) from None
-    if decision.session is not None and decision.session.new:
-        budget.spend(key or client_key(client_ip(request, rt.trust)), now or svc.monotonic())
+    except BaseException:
+        if took:
+            budget.refund(key)
+        raise
+    if took and not (decision.session is not None and decision.session.new):
+        budget.refund(key)
     return decision
 
 
@@ -174,7 +174,7 @@ async def route_one(scope: Scope, receive: Receive, send: Send) -> None:
     svc = services(request)
     rt = svc.runtime
     query = query_of(request)
-    explain = _flag(query, "explain")
+    explain = flag(query, "explain")
     raw_ip = query.get("ip")
     client = (
         _address(raw_ip, parameter="ip") if raw_ip is not None else client_ip(request, rt.trust)
@@ -248,7 +248,7 @@ def _batch_items(body: Any) -> list[dict[str, Any]]:
 async def route_batch(request: Request) -> Response:
     svc = services(request)
     rt = svc.runtime
-    explain = _flag(query_of(request), "explain")
+    explain = flag(query_of(request), "explain")
     try:
         # orjson refuses what would exhaust json's recursion or integer limits.
         body = orjson.loads(await _read_body(request, svc, limit=MAX_BODY_BYTES))

@@ -7,6 +7,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from georouter.config import Config, SessionSource
 from georouter.core.breaker import BreakerState
+from georouter.core.health import HealthState
 from georouter.http import openapi
 from georouter.http.common import JSON, Services, services
 
@@ -31,12 +32,14 @@ async def list_clusters(request: Request) -> Response:
                     "lat": c.lat,
                     "lon": c.lon,
                     "fallback": c.name == config.router.fallback,
-                    "health": states[c.name].as_json(),
+                    # A cluster added by a reload has no state on a worker's board yet.
+                    "health": states.get(c.name, HealthState()).as_json(),
                 }
                 for c in config.clusters
             ],
             "geoip": info.as_json(),
             "sessions": _sessions_status(svc, config),
+            "config": None if svc.reloader is None else svc.reloader.status(),
             "warnings": warnings,
         }
     )

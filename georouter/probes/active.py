@@ -63,6 +63,9 @@ class HealthMonitor:
         check_window(settings.window, settings.window_fall)
         self.clusters = clusters
         self.settings = settings
+        # The probing tasks, by cluster, once run() has started them.
+        self._group: asyncio.TaskGroup | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._client = client
         self._clock = clock
         # Called after every probe result (the prober process publishes the states).
@@ -185,5 +188,46 @@ class HealthMonitor:
     async def run(self) -> None:
         """Probe every cluster every ``interval_s`` until cancelled."""
         async with asyncio.TaskGroup() as tg:
+            self._group = tg
             for cluster in self.clusters:
-                tg.create_task(self._watch(cluster), name=f"health:{cluster.name}")
+                self._start(cluster)
+            # The group lives as long as the monitor, whichever clusters come and go.
+            await asyncio.Event().wait()
+
+    def _start(self, cluster: Cluster) -> None:
+        if self._group is not None:
+            self._tasks[cluster.name] = self._group.create_task(
+                self._watch(cluster), name=f"health:{cluster.name}"
+            )
+
+    def reconfigure(self, clusters: tuple[Cluster, ...], settings: HealthSettings) -> None:
+        """Probe ``clusters`` with ``settings`` from now on (a reload).
+
+        A cluster that stays keeps its state and counters, whatever else changed
+        about it: its sessions must not fail over because a file was saved. A new
+        one is "not probed yet", so unroutable, until its first probe, which
+        starts at once. A removed one is forgotten. Synchronous, so the caller
+        can swap the routing snapshot in the same step.
+        """
+        check_window(settings.window, settings.window_fall)
+        old = {c.name: c for c in self.clusters}
+        restart_all = settings != self.settings
+        self.clusters, self.settings = clusters, settings
+        new = {c.name: c for c in clusters}
+        for name in old.keys() - new.keys():
+            task = self._tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+            del self.states[name]
+        for cluster in clusters:
+            if cluster.name not in old:
+                self.states[cluster.name] = HealthState()
+            elif not restart_all and old[cluster.name] == cluster:
+                continue
+            task = self._tasks.pop(cluster.name, None)
+            if task is not None:
+                task.cancel()
+            self._start(cluster)
+        self._unroutable = self._build_unroutable()
+        if self._on_change is not None:
+            self._on_change()

@@ -6,6 +6,11 @@ change to this board, an anonymous shared memory block mapped before the
 workers are forked. Writes are guarded by a sequence number (odd while a
 write is in progress), so a reader never sees half a state; readers re-read
 only when the sequence number moved, so a request pays for one small read.
+
+The board names its clusters itself and has room for ``CAPACITY`` of them, so
+a reload that adds or removes clusters republishes it in place. A worker
+whose configuration names a cluster the board does not (yet) hold treats it
+as not probed yet: unroutable, never routable by default.
 """
 
 from __future__ import annotations
@@ -13,27 +18,30 @@ from __future__ import annotations
 import math
 import mmap
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 
 from georouter.config import Cluster
 from georouter.core.health import HealthState, Status, unroutable
 
-_HEADER = struct.Struct("<QB")  # sequence, first round done
-# status, consecutive ok, consecutive failed, probes, since, last probe at, detail,
-# and the window (its bits and length): a replacement prober carries on from
-# what is published here, so the window must survive the trip like the counters.
-_RECORD = struct.Struct("<BIIIdd96sQB")
+_HEADER = struct.Struct("<QBH")  # sequence, first round done, clusters on the board
+# name, status, consecutive ok, consecutive failed, probes, since, last probe at,
+# detail, and the window (its bits and length): a replacement prober carries on
+# from what is published here, so the window must survive the trip like the counters.
+_RECORD = struct.Struct("<64sBIIIdd96sQB")
+# Clusters a board has room for (cluster names are at most 63 bytes).
+CAPACITY = 1024
 _STATUS_CODES = {Status.UNKNOWN: 0, Status.UP: 1, Status.DOWN: 2}
 _STATUSES = {code: status for status, code in _STATUS_CODES.items()}
 _NAN = float("nan")
 
 
-_Fields = tuple[int, int, int, int, float, float, bytes, int, int]
+_Fields = tuple[bytes, int, int, int, int, float, float, bytes, int, int]
 
 
-def _fields(state: HealthState) -> _Fields:
+def _fields(name: str, state: HealthState) -> _Fields:
     return (
+        name.encode("ascii"),
         _STATUS_CODES[state.status],
         state.consecutive_ok,
         state.consecutive_failed,
@@ -54,9 +62,9 @@ def _truncate(text: str, limit: int) -> bytes:
     return raw[:limit].decode("utf-8", "ignore").encode("utf-8")
 
 
-def _decode(raw: _Fields) -> HealthState:
-    status, ok, failed, probes, since, last, detail, recent, recent_len = raw
-    return HealthState(
+def _decode(raw: _Fields) -> tuple[str, HealthState]:
+    name, status, ok, failed, probes, since, last, detail, recent, recent_len = raw
+    return name.rstrip(b"\0").decode("ascii"), HealthState(
         status=_STATUSES[status],
         consecutive_ok=ok,
         consecutive_failed=failed,
@@ -69,44 +77,78 @@ def _decode(raw: _Fields) -> HealthState:
     )
 
 
+class _Unroutable(Mapping[str, str]):
+    """The board's unroutable clusters, and every cluster it does not hold: a
+    cluster a worker's newer configuration names is not routable before the
+    prober has published a probe of it."""
+
+    def __init__(self, down: Mapping[str, str], on_board: frozenset[str]) -> None:
+        self._down = down
+        self._on_board = on_board
+
+    def __getitem__(self, name: str) -> str:
+        if name in self._down:
+            return self._down[name]
+        if name in self._on_board:
+            raise KeyError(name)
+        return "not probed yet"
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._down or name not in self._on_board
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._down)
+
+    def __len__(self) -> int:
+        return len(self._down)
+
+
 class HealthBoard:
-    """The shared block for ``clusters``; create it before forking, then write or read."""
+    """The shared block; create it before forking, then write (the prober) or read."""
 
     def __init__(self, clusters: tuple[Cluster, ...]) -> None:
-        self.names = tuple(c.name for c in clusters)
-        self._mem = mmap.mmap(-1, _HEADER.size + _RECORD.size * len(self.names))
+        if len(clusters) > CAPACITY:
+            raise ValueError(f"a health board holds at most {CAPACITY} clusters")
+        self._mem = mmap.mmap(-1, _HEADER.size + _RECORD.size * CAPACITY)
         self._seen = -1
-        self._states: Mapping[str, HealthState] = {n: HealthState() for n in self.names}
-        self._unroutable: Mapping[str, str] = {}
+        self._states: Mapping[str, HealthState] = {c.name: HealthState() for c in clusters}
+        self._unroutable: Mapping[str, str] = _Unroutable({}, frozenset(self._states))
         self._ready = False
         # Zeroed memory is not a valid record (0.0 is a time; NaN means never):
         # write the initial states before any reader can look.
         self.publish(self._states, ready=False)
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.states)
+
     # The writer side (the prober process).
 
     def publish(self, states: Mapping[str, HealthState], *, ready: bool) -> None:
+        """Publish ``states`` as the board's whole content (clusters not in it leave)."""
+        if len(states) > CAPACITY:
+            raise ValueError(f"a health board holds at most {CAPACITY} clusters")
         seq = _HEADER.unpack_from(self._mem, 0)[0]
         seq += seq % 2  # odd: a writer died mid-write; its record is garbage, ours replaces it
-        _HEADER.pack_into(self._mem, 0, seq + 1, int(ready))  # odd: writing
-        for i, name in enumerate(self.names):
-            _RECORD.pack_into(self._mem, _HEADER.size + i * _RECORD.size, *_fields(states[name]))
-        _HEADER.pack_into(self._mem, 0, seq + 2, int(ready))
+        _HEADER.pack_into(self._mem, 0, seq + 1, int(ready), len(states))  # odd: writing
+        for i, (name, state) in enumerate(states.items()):
+            _RECORD.pack_into(self._mem, _HEADER.size + i * _RECORD.size, *_fields(name, state))
+        _HEADER.pack_into(self._mem, 0, seq + 2, int(ready), len(states))
 
     # The reader side (every worker): the HealthView the router and the API read.
 
     def _refresh(self) -> None:
-        seq, ready = _HEADER.unpack_from(self._mem, 0)
+        seq, ready, count = _HEADER.unpack_from(self._mem, 0)
         if seq == self._seen or seq % 2:
             return  # unchanged, or a write in progress: keep the last good copy
-        states = {
-            name: _decode(_RECORD.unpack_from(self._mem, _HEADER.size + i * _RECORD.size))
-            for i, name in enumerate(self.names)
-        }
+        states = dict(
+            _decode(_RECORD.unpack_from(self._mem, _HEADER.size + i * _RECORD.size))
+            for i in range(count)
+        )
         if _HEADER.unpack_from(self._mem, 0)[0] != seq:
             return  # overwritten while reading: read again next time
         self._states = MappingProxyType(states)
-        self._unroutable = unroutable(states)
+        self._unroutable = _Unroutable(unroutable(states), frozenset(states))
         self._ready = bool(ready)
         self._seen = seq
 

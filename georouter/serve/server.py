@@ -25,6 +25,7 @@ from starlette.types import ASGIApp
 from georouter.config import LimitsSettings
 from georouter.errors import ListenError
 from georouter.http.common import Drain
+from georouter.http.reload import ReloadRequests
 
 log = logging.getLogger(__name__)
 
@@ -141,18 +142,23 @@ async def serve(
         await hypercorn_serve(app, _hypercorn_config(sock, limits), shutdown_trigger=stopped)  # type: ignore[arg-type]
 
 
-def _header_deadline(base: type[asyncio.Protocol], timeout_s: float) -> type[asyncio.Protocol]:
-    """Uvicorn's HTTP protocol ``base`` with a deadline on every request's headers.
+def _header_deadline(
+    base: type[asyncio.Protocol], timeout_s: float, max_bytes: int
+) -> type[asyncio.Protocol]:
+    """Uvicorn's HTTP protocol ``base`` with a deadline and a size cap on every
+    request's headers.
 
     Uvicorn arms no timer until a request's headers are complete, so a client
     that trickles its headers (slowloris) held a connection for as long as it
-    liked. Both of Uvicorn's protocols create ``self.cycle`` when a request's
-    headers are complete, which is what ends the deadline here.
+    liked, and httptools buffers headers of any size until they are complete.
+    Both of Uvicorn's protocols create ``self.cycle`` when a request's headers
+    are complete, which is what ends the deadline and the count here.
     """
 
     class HeaderDeadline(base):  # type: ignore[valid-type,misc]
         _deadline: asyncio.TimerHandle | None = None
         _waiting_since_cycle: object = None
+        _header_bytes = 0
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
@@ -160,17 +166,30 @@ def _header_deadline(base: type[asyncio.Protocol], timeout_s: float) -> type[asy
 
         def data_received(self, data: bytes) -> None:
             cycle = self.cycle
-            if self._deadline is None and (cycle is None or cycle.response_complete):
+            # Between requests: the last one answered and its body all received
+            # (a body still arriving after an early answer, a 413, is not headers).
+            between = cycle is None or (cycle.response_complete and not cycle.more_body)
+            if self._deadline is None and between:
                 self._arm()
             super().data_received(data)
-            if self._deadline is not None and self.cycle is not self._waiting_since_cycle:
+            if self._deadline is None:
+                return
+            if self.cycle is not self._waiting_since_cycle:
+                self._disarm()  # the headers are complete
+                return
+            # Still incomplete: one read (at most 256 KiB) is all that was buffered.
+            self._header_bytes += len(data)
+            if self._header_bytes > max_bytes and not self.transport.is_closing():
                 self._disarm()
+                self.transport.write(_HEADERS_TOO_LARGE)
+                self.transport.close()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
 
         def _arm(self) -> None:
+            self._header_bytes = 0
             self._waiting_since_cycle = self.cycle
             self._deadline = self.loop.call_later(timeout_s, self._expired)
 
@@ -185,6 +204,15 @@ def _header_deadline(base: type[asyncio.Protocol], timeout_s: float) -> type[asy
                 self.transport.close()
 
     return HeaderDeadline
+
+
+_TOO_LARGE_BODY = b'{"error":"headers_too_large","message":"the request headers are too large"}'
+# Sent by the protocol itself: httptools would buffer the headers whole before
+# the app, and georouter's own 431, could see them.
+_HEADERS_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_TOO_LARGE_BODY), _TOO_LARGE_BODY)
+)
 
 
 async def _serve_uvicorn(
@@ -219,7 +247,7 @@ async def _serve_uvicorn(
         server_header=False,
         access_log=False,
         log_level="warning",
-        http=_header_deadline(base, limits.header_timeout_s),
+        http=_header_deadline(base, limits.header_timeout_s, limits.header_bytes + 8192),
         timeout_keep_alive=5,
         timeout_graceful_shutdown=5,
         # Headers arriving are buffered up to this (h11); the limits proper are georouter's.
@@ -253,6 +281,11 @@ def stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+
+def reload_on_hangup(requests: ReloadRequests) -> None:
+    """SIGHUP asks for a configuration reload (it used to end the process, exit 129)."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, requests.ask)
 
 
 def configure_logging(level: str = "info", *, brief: bool = False) -> None:

@@ -24,9 +24,18 @@ from typing import Any
 from georouter.config import Config
 from georouter.http.app import create_app
 from georouter.http.common import Drain
+from georouter.http.reload import ConfigFile, Reloader, ReloadRequests
+from georouter.metrics import Metrics
 from georouter.probes.active import HealthMonitor, probe_client
 from georouter.probes.board import HealthBoard
-from georouter.serve.server import ServerKind, event_loop_factory, serve, sibling, stop_on_signals
+from georouter.serve.server import (
+    ServerKind,
+    event_loop_factory,
+    reload_on_hangup,
+    serve,
+    sibling,
+    stop_on_signals,
+)
 from georouter.sessions.embedded import die_with_parent
 from georouter.sessions.ids import CookieSigner
 
@@ -38,6 +47,8 @@ _QUICK_EXIT_S = 2.0
 _MAX_QUICK_EXITS = 5
 _STOP_GRACE_S = 15.0
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+# Held back around a fork, until the child has its own handlers.
+_FORK_BLOCKED = _STOP_SIGNALS | {signal.SIGHUP}
 
 
 def run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -46,10 +57,12 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         runner.run(main())
 
 
-def _prober(config: Config, board: HealthBoard) -> None:
+def _prober(config: Config, board: HealthBoard, config_file: ConfigFile | None) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
+        reloads = ReloadRequests()
+        reload_on_hangup(reloads)
         async with probe_client() as http:
 
             def publish() -> None:
@@ -66,9 +79,20 @@ def _prober(config: Config, board: HealthBoard) -> None:
                 initial=board.states if board.ready else None,
             )
             async with asyncio.TaskGroup() as tg:
-                task = tg.create_task(monitor.run(), name="health-monitor")
+                tasks = [tg.create_task(monitor.run(), name="health-monitor")]
+                if config_file is not None:
+                    # The prober follows the file as the workers do; a reload changes
+                    # the clusters it probes, and the board it publishes them on.
+                    reloader = Reloader(
+                        config_file,
+                        config,
+                        lambda new: monitor.reconfigure(new.clusters, new.health),
+                        Metrics(),
+                    )
+                    tasks.append(tg.create_task(reloader.follow(reloads), name="config-reload"))
                 await stop.wait()
-                task.cancel()
+                for task in tasks:
+                    task.cancel()
 
     run_loop(main)
 
@@ -82,12 +106,23 @@ def _worker(
     admin_token: str | None,
     signer: CookieSigner | None,
     drain_s: float,
+    config_file: ConfigFile | None,
 ) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
+        reloads = ReloadRequests()
+        reload_on_hangup(reloads)
         drain = Drain()
-        app = create_app(config, admin_token=admin_token, signer=signer, health=board, drain=drain)
+        app = create_app(
+            config,
+            admin_token=admin_token,
+            signer=signer,
+            health=board,
+            drain=drain,
+            config_file=config_file,
+            reload_requests=reloads,
+        )
         await serve(app, sock, stop, kind=kind, limits=config.limits, drain=drain, drain_s=drain_s)
 
     run_loop(main)
@@ -104,9 +139,13 @@ class Supervisor:
         admin_token: str | None,
         signer: CookieSigner | None,
         drain_s: float = 0.0,
+        config_file: ConfigFile | None = None,
     ) -> None:
         self.config = config
         self.drain_s = drain_s
+        # Children started later (replacements) start from this and catch up with
+        # the file at once if it has changed since (see Reloader.follow).
+        self.config_file = config_file
         self.workers = workers
         self.kind = kind
         self.admin_token = admin_token
@@ -127,11 +166,11 @@ class Supervisor:
         parent = os.getpid()
         # Signals wait until the child is recorded (the parent) or has its own
         # handlers (the child): a SIGTERM in between would otherwise be lost.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_BLOCKED)
         pid = os.fork()
         if pid:
             self.children[pid] = (role, time.monotonic())
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_BLOCKED)
             if self.stopping:
                 self._stop(signal.SIGTERM, None)
             return
@@ -140,12 +179,14 @@ class Supervisor:
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            # Not the supervisor's forwarding handler; the child's loop installs its own.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_BLOCKED)
             die_with_parent()
             if os.getppid() != parent:
                 os._exit(1)
             if role == "prober":
-                _prober(self.config, self.board)
+                _prober(self.config, self.board, self.config_file)
             else:
                 _worker(
                     self.config,
@@ -155,6 +196,7 @@ class Supervisor:
                     admin_token=self.admin_token,
                     signer=self.signer,
                     drain_s=self.drain_s,
+                    config_file=self.config_file,
                 )
         except BaseException:
             log.exception("%s failed", role)
@@ -165,9 +207,19 @@ class Supervisor:
 
     def _stop(self, signum: int, frame: object) -> None:
         self.stopping = True
-        for pid in list(self.children):
+        # Workers first: the prober keeps health current while they drain, and
+        # stops once they are gone (run()).
+        self._signal(signal.SIGTERM, workers_only=True)
+
+    def _hangup(self, signum: int, frame: object) -> None:
+        self._signal(signal.SIGHUP)
+
+    def _signal(self, signum: int, *, workers_only: bool = False) -> None:
+        for pid, (role, _) in list(self.children.items()):
+            if workers_only and role == "prober":
+                continue
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signum)
 
     def run(self) -> int:
         """Fork the prober and the workers, and supervise them until told to stop."""
@@ -176,11 +228,20 @@ class Supervisor:
             self._spawn(f"worker-{i}")
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._hangup)
         log.info("%d workers and a prober started", self.workers)
         stop_deadline: float | None = None
+        prober_told = False
         while self.children:
             if self.stopping and stop_deadline is None:
                 stop_deadline = time.monotonic() + self.drain_s + _STOP_GRACE_S
+            if (
+                self.stopping
+                and not prober_told
+                and all(role == "prober" for role, _ in self.children.values())
+            ):
+                self._signal(signal.SIGTERM)
+                prober_told = True
             if stop_deadline is not None and time.monotonic() > stop_deadline:
                 for pid in self.children:
                     with contextlib.suppress(ProcessLookupError):

@@ -1,0 +1,92 @@
+"""What a new configuration changes, compared with the running one. Pure.
+
+A reload applies a new file only as a whole; this says what it would do
+(clusters added, removed, moved, re-addressed) and which of its changes a
+running edge cannot take without a restart, so a reload refuses those instead
+of applying half of the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from georouter.config.model import Config
+
+# Read per request from the runtime snapshot, so a reload takes them. Every
+# other [sessions] key shapes the Redis client or the session map, built once.
+RELOADABLE_SESSION_KEYS = frozenset({"cookie", "header", "unsigned_sources"})
+# Built once at start: the GeoIP reader and its cache, the request limits and
+# the per-address budgets.
+RESTART_SECTIONS = ("geoip", "limits")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    # Same name, new coordinates: clients may now be nearer another cluster.
+    moved: tuple[str, ...] = ()
+    # Same name, new url or health_url.
+    readdressed: tuple[str, ...] = ()
+    # Other keys whose value changed ("router.fallback", "health.interval_s", ...).
+    changed: tuple[str, ...] = ()
+    # Changed keys that only a restart applies.
+    needs_restart: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.moved or self.readdressed or self.changed)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "clusters_added": list(self.added),
+            "clusters_removed": list(self.removed),
+            "clusters_moved": list(self.moved),
+            "clusters_readdressed": list(self.readdressed),
+            "changed": list(self.changed),
+            "needs_restart": list(self.needs_restart),
+        }
+
+
+def _changed_fields(section: str, old: object, new: object) -> list[str]:
+    return [
+        f"{section}.{f.name}"
+        for f in dataclasses.fields(old)  # type: ignore[arg-type]
+        if getattr(old, f.name) != getattr(new, f.name)
+    ]
+
+
+def compare(old: Config, new: Config) -> ConfigChange:
+    """What replacing ``old`` by ``new`` changes (both as the file says them)."""
+    before = {c.name: c for c in old.clusters}
+    after = {c.name: c for c in new.clusters}
+    common = [n for n in after if n in before]
+    changed: list[str] = []
+    for section in ("router", "health", "sessions", *RESTART_SECTIONS):
+        changed += _changed_fields(section, getattr(old, section), getattr(new, section))
+    if [c.name for c in old.clusters] != [c.name for c in new.clusters] and set(before) == set(
+        after
+    ):
+        # Only the order moved: it breaks distance ties and names the default fallback.
+        changed.append("clusters (order)")
+    needs_restart = [
+        key
+        for key in changed
+        if key.split(".")[0] in RESTART_SECTIONS
+        or (key.startswith("sessions.") and key.split(".")[1] not in RELOADABLE_SESSION_KEYS)
+    ]
+    return ConfigChange(
+        added=tuple(n for n in after if n not in before),
+        removed=tuple(n for n in before if n not in after),
+        moved=tuple(
+            n for n in common if (before[n].lat, before[n].lon) != (after[n].lat, after[n].lon)
+        ),
+        readdressed=tuple(
+            n
+            for n in common
+            if (before[n].url, before[n].health_url) != (after[n].url, after[n].health_url)
+        ),
+        changed=tuple(changed),
+        needs_restart=tuple(needs_restart),
+    )

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
+from georouter import __version__
 from georouter.config import Config, compare, load, load_version
 from georouter.config.redisurl import RedisMode, RedisTarget
 from georouter.core.clientip import IPAddress, parse_address
@@ -324,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="georouter", description="Geo-aware multi-cluster HTTP request router."
     )
+    parser.add_argument("--version", action="version", version=f"georouter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     config_help = f"clusters file (default: $GEOROUTER_CONFIG, else ./{DEFAULT_CONFIG})"
 

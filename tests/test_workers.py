@@ -324,3 +324,28 @@ def test_workers_and_servers_are_validated(
     assert named in result.stderr
     assert "Traceback" not in result.stderr
     assert "listening on" not in result.stderr
+
+
+def test_a_second_edge_with_workers_on_a_taken_port_fails_as_with_one_worker(
+    serve_workers: Callable[..., Edge], config_path: Path
+) -> None:
+    edge = serve_workers(workers=2)
+    port = edge.url.rsplit(":", 1)[1]
+    for workers in ("1", "2"):
+        second = subprocess.run(
+            georouter_command(
+                "serve",
+                "--config",
+                str(config_path),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--workers",
+                workers,
+            ),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 2, (workers, second.stderr)
+        assert "cannot listen on 127.0.0.1" in second.stderr

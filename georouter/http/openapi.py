@@ -14,6 +14,32 @@ from typing import Any
 from georouter.core.location import LocationSource
 from georouter.core.policy import Reason
 
+# What georouter.http.common.flag accepts: empty (a bare `?explain`) is true.
+_FLAG_VALUES = ["", "1", "true", "yes", "on", "0", "false", "no", "off"]
+
+_RELOAD_OUTCOME = {
+    "type": "object",
+    "required": ["result", "version"],
+    "properties": {
+        "result": {"enum": ["ok", "unchanged", "invalid", "refused"]},
+        "version": {"type": "string", "description": "the file's version after this"},
+        "dry_run": {"type": "boolean"},
+        "change": {"type": "object"},
+        "problems": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+_CONFIG_STATUS = {
+    "type": "object",
+    "required": ["path", "version", "loaded_at", "last_reload"],
+    "properties": {
+        "path": {"type": "string"},
+        "version": {"type": "string"},
+        "loaded_at": {"type": "number"},
+        "last_reload": {"oneOf": [{"type": "null"}, _RELOAD_OUTCOME]},
+    },
+}
+
 _ERROR = {
     "type": "object",
     "required": ["error", "message"],
@@ -113,11 +139,7 @@ _EXPLAIN = {
     "name": "explain",
     "in": "query",
     "required": False,
-    # What georouter.http.routing._flag accepts: empty (a bare `?explain`) is true.
-    "schema": {
-        "type": "string",
-        "enum": ["", "1", "true", "yes", "on", "0", "false", "no", "off"],
-    },
+    "schema": {"type": "string", "enum": _FLAG_VALUES},
     "allowEmptyValue": True,
     "description": (
         "add every cluster with its distance and why it was or was not chosen. A bare"
@@ -309,6 +331,46 @@ SPEC: dict[str, Any] = {
                     "503": _json("Error", "Redis did not answer"),
                 },
             },
+        },
+        "/v1/config": {
+            "get": {
+                "summary": "The running configuration file, its load time, the last reload (admin)",
+                "security": [{"admin": []}],
+                "responses": {
+                    "200": _json(_CONFIG_STATUS, "the running file"),
+                    "401": _AUTH_FAILED,
+                    "403": _json("Error", "the admin API is off (no token configured)"),
+                    "404": _json("Error", "this edge was not started from a file"),
+                    "429": _LOCKED_OUT,
+                },
+            }
+        },
+        "/v1/config/reload": {
+            "post": {
+                "summary": "Read the configuration file again and apply it whole (admin)",
+                "security": [{"admin": []}],
+                "parameters": [
+                    {
+                        "name": "dry_run",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": _FLAG_VALUES},
+                        "allowEmptyValue": True,
+                        "description": "1: say what the file would change, apply nothing",
+                    }
+                ],
+                "responses": {
+                    "200": _json(_RELOAD_OUTCOME, "applied, unchanged, or (dry run) would apply"),
+                    "400": _json("Error", "a malformed dry_run"),
+                    "401": _AUTH_FAILED,
+                    "403": _json("Error", "the admin API is off (no token configured)"),
+                    "404": _json("Error", "this edge was not started from a file"),
+                    "422": _json(
+                        _RELOAD_OUTCOME, "invalid, or changes a key only a restart applies"
+                    ),
+                    "429": _LOCKED_OUT,
+                },
+            }
         },
         "/v1/clusters": {
             "get": {

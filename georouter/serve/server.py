@@ -56,6 +56,17 @@ class ListenAddress:
     def bind(self, *, reuse_port: bool = False) -> socket.socket:
         """A listening socket. ``reuse_port``: other sockets may bind the same port
         (one per worker; Linux spreads connections evenly across them)."""
+        if reuse_port:
+            # SO_REUSEPORT would also let this edge share a port another edge (of the
+            # same user) listens on, silently splitting its traffic and its sessions'
+            # embedded Redis: prove the address free with a plain bind first.
+            probe = ListenAddress(self.host, self.port)._bind(reuse_port=False)
+            port = probe.getsockname()[1]
+            probe.close()
+            return ListenAddress(self.host, port)._bind(reuse_port=True)
+        return self._bind(reuse_port=False)
+
+    def _bind(self, *, reuse_port: bool) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -75,7 +86,7 @@ class ListenAddress:
 def sibling(sock: socket.socket) -> socket.socket:
     """Another listening socket on ``sock``'s address (which must have SO_REUSEPORT)."""
     host, port = sock.getsockname()[:2]
-    return ListenAddress(host, port).bind(reuse_port=True)
+    return ListenAddress(host, port)._bind(reuse_port=True)
 
 
 def url_of(sock: socket.socket) -> str:
@@ -291,3 +302,6 @@ def reload_on_hangup(requests: ReloadRequests) -> None:
 def configure_logging(level: str = "info", *, brief: bool = False) -> None:
     fmt = "georouter: %(message)s" if brief else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level.upper(), format=fmt)
+    # httpx logs every request at INFO: one line per health probe (about 190k a day
+    # with eleven clusters). Probe results reach the log on state changes only.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))

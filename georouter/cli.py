@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import importlib.util
 import json
@@ -24,9 +23,7 @@ from georouter.core.clientip import IPAddress, parse_address
 from georouter.demo import run as demo
 from georouter.errors import ConfigError, EmbeddedRedisError, ListenError, Problem, UsageError
 from georouter.geoip.database import DatabaseInfo, GeoDatabase
-from georouter.http.app import create_app
-from georouter.http.common import Drain
-from georouter.http.reload import ConfigFile, ReloadRequests, file_stamp
+from georouter.http.reload import ConfigFile, file_stamp
 from georouter.metrics import Metrics
 from georouter.router import AssumeAllUp, Router
 from georouter.runtime import Runtime
@@ -34,12 +31,9 @@ from georouter.serve.server import (
     ListenAddress,
     ServerKind,
     configure_logging,
-    reload_on_hangup,
-    serve,
-    stop_on_signals,
     url_of,
 )
-from georouter.serve.supervisor import Supervisor, run_loop
+from georouter.serve.supervisor import Supervisor, serve_edge
 from georouter.sessions.clients import check_target
 from georouter.sessions.embedded import EmbeddedRedis
 from georouter.sessions.ids import CookieSigner
@@ -215,31 +209,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     config_file=config_file,
                 ).run()
 
-            async def main() -> None:
-                stop = asyncio.Event()
-                stop_on_signals(stop)
-                reloads = ReloadRequests()
-                reload_on_hangup(reloads)
-                drain = Drain()
-                app = create_app(
-                    ready,
-                    admin_token=admin_token,
-                    signer=signer,
-                    drain=drain,
-                    config_file=config_file,
-                    reload_requests=reloads,
-                )
-                await serve(
-                    app,
-                    sock,
-                    stop,
-                    kind=kind,
-                    limits=ready.limits,
-                    drain=drain,
-                    drain_s=args.drain_s,
-                )
-
-            run_loop(main)
+            serve_edge(
+                ready,
+                sock,
+                kind=kind,
+                admin_token=admin_token,
+                signer=signer,
+                drain_s=args.drain_s,
+                config_file=config_file,
+            )
     except EmbeddedRedisError as exc:
         print(f"georouter: sessions: {exc}", file=sys.stderr)
         return 1

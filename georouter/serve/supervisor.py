@@ -97,17 +97,21 @@ def _prober(config: Config, board: HealthBoard, config_file: ConfigFile | None) 
     run_loop(main)
 
 
-def _worker(
+def serve_edge(
     config: Config,
     sock: socket.socket,
-    board: HealthBoard,
     *,
     kind: ServerKind,
     admin_token: str | None,
     signer: CookieSigner | None,
     drain_s: float,
     config_file: ConfigFile | None,
+    board: HealthBoard | None = None,
 ) -> None:
+    """Serve one edge process until SIGTERM/SIGINT (draining ``drain_s`` first);
+    SIGHUP reloads ``config_file``. A worker reads health from ``board``; without
+    one, the process probes the clusters itself."""
+
     async def main() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
@@ -188,10 +192,10 @@ class Supervisor:
             if role == "prober":
                 _prober(self.config, self.board, self.config_file)
             else:
-                _worker(
+                serve_edge(
                     self.config,
                     self.sockets[int(role.removeprefix("worker-"))],
-                    self.board,
+                    board=self.board,
                     kind=self.kind,
                     admin_token=self.admin_token,
                     signer=self.signer,

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -165,6 +166,9 @@ def session_backend(config: Config, *, state_dir: Path | None = None) -> Iterato
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    # SIGHUP means "reload" once serving; until then (imports, GeoIP, the embedded
+    # Redis) it must not end the edge, as its default action would.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(args.log_level)
     path = _config_path(args.config)
     stamp = file_stamp(path)

@@ -884,3 +884,13 @@ def test_a_rule_relating_two_keys_is_not_judged_against_a_refused_value() -> Non
     assert problems_of(health_with(window=1001, window_fall=20)) == [
         "health.window: must be within 0..64"
     ]
+
+
+def test_more_clusters_than_the_health_board_holds_are_refused() -> None:
+    clusters = [
+        {"name": f"c{i}", "url": f"https://c{i}.example.net", "lat": 0.0, "lon": 0.0}
+        for i in range(1025)
+    ]
+    with pytest.raises(ConfigError) as info:
+        parse({"clusters": clusters})
+    assert [str(p) for p in info.value.problems] == ["clusters: holds 1025 clusters; at most 1024"]

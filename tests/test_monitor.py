@@ -223,6 +223,8 @@ async def test_a_reconfigured_monitor_keeps_what_stays_probes_what_comes_and_dro
             )
             assert dict(monitor.unroutable()) == {}
             assert "goes" not in monitor.states
+            # A snapshot from before the reload (a batch mid-way) must not pick it.
+            assert "goes" in monitor.unroutable()
             assert sorted(
                 t.get_name() for t in asyncio.all_tasks() if "health:" in t.get_name()
             ) == [
@@ -230,4 +232,25 @@ async def test_a_reconfigured_monitor_keeps_what_stays_probes_what_comes_and_dro
                 "health:stays",
             ]
         finally:
+            task.cancel()
+
+
+async def test_removing_a_cluster_before_its_first_probe_does_not_hold_readiness_back(
+    make_standins: Callable[..., dict[str, StandIn]],
+) -> None:
+    standins = make_standins("fine", "hung")
+    standins["hung"].health_gate.clear()
+    settings = HealthSettings(path="/healthz", interval_s=5, timeout_s=5, rise=1, fall=1)
+    async with httpx.AsyncClient() as client:
+        monitor = HealthMonitor(clusters_for(standins), settings, client)
+        task = asyncio.create_task(monitor.run())
+        try:
+            await until(lambda: monitor.states["fine"].probes == 1, timeout_s=5, what="fine")
+            assert not monitor.ready
+            monitor.reconfigure(
+                tuple(c for c in clusters_for(standins) if c.name == "fine"), settings
+            )
+            assert monitor.ready
+        finally:
+            standins["hung"].health_gate.set()
             task.cancel()

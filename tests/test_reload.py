@@ -301,3 +301,144 @@ def test_rewriting_the_config_under_traffic_fails_no_request(
     print(f"\n{workers} worker(s), {rewrites} rewrites under traffic: {totals}")
     assert set(totals) <= allowed, totals
     assert sum(totals.values()) > 100
+
+
+def _all_workers_route(edge: Edge, ip: str, cluster: str, tries: int = 24) -> bool:
+    # Fresh connections: SO_REUSEPORT spreads them over every worker.
+    return all(
+        httpx.get(edge.url + "/v1/route", params={"ip": ip}, timeout=5).json()["cluster"] == cluster
+        for _ in range(tries)
+    )
+
+
+def test_a_worker_started_after_reloads_serves_what_the_edge_serves(
+    standins: dict[str, StandIn],
+    redis_server: RedisServer,
+    write_config: Callable[[str], Path],
+    make_edge: Callable[..., Edge],
+) -> None:
+    from tests.procfs import children
+
+    path = write_config(text(standins, ("us-west", "eu-west"), redis_server))
+    edge = make_edge(path, args=("--workers", "2"))
+    path.write_text(text(standins, ("us-west", "eu-west", "ap-northeast"), redis_server))
+    edge.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: _all_workers_route(edge, TOKYO, "ap-northeast"), timeout_s=10, what="reload B")
+    # C: B and a key only a restart applies; refused everywhere, B keeps serving.
+    path.write_text(
+        text(
+            standins,
+            ("us-west", "eu-west", "ap-northeast"),
+            redis_server,
+            limits={"body_bytes": 1000},
+        )
+    )
+    edge.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "not loaded (refused)" in edge.log(), timeout_s=10, what="the refusal")
+    # Every child dies and is replaced: none may come back with the first file.
+    for pid, _ in children(edge.process.pid):
+        os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: _all_workers_route(edge, TOKYO, "ap-northeast"),
+        timeout_s=20,
+        what="replacements serving B",
+    )
+
+
+def test_an_admin_reload_asked_of_one_worker_reloads_every_process(
+    standins: dict[str, StandIn],
+    redis_server: RedisServer,
+    write_config: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    from tests.harness import start_edge
+
+    path = write_config(text(standins, ("us-west", "eu-west"), redis_server))  # no file watch
+    os.environ["GEOROUTER_ADMIN_TOKEN"] = TOKEN
+    try:
+        edge = start_edge(path, tmp_path / "workers.log", args=("--workers", "2"))
+    finally:
+        del os.environ["GEOROUTER_ADMIN_TOKEN"]
+    try:
+        path.write_text(text(standins, ("us-west", "eu-west", "ap-northeast"), redis_server))
+        answer = httpx.post(
+            edge.url + "/v1/config/reload", headers={"authorization": f"Bearer {TOKEN}"}
+        )
+        assert answer.json()["result"] == "ok"
+        wait_for(
+            lambda: _all_workers_route(edge, TOKYO, "ap-northeast"),
+            timeout_s=10,
+            what="every worker and the prober",
+        )
+    finally:
+        edge.stop()
+
+
+def test_a_sighup_during_start_up_does_not_end_the_edge(
+    standins: dict[str, StandIn],
+    redis_server: RedisServer,
+    write_config: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+    import time
+
+    path = write_config(text(standins, ("us-west", "eu-west"), redis_server))
+    log = tmp_path / "early.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "georouter",
+                "serve",
+                "--config",
+                str(path),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        # While it imports, opens the GeoIP database and connects: before its loop.
+        # (Not in the first milliseconds: before any Python code runs, no program
+        # can choose what a signal does.)
+        time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while b"listening on" not in log.read_bytes() and time.monotonic() < deadline:
+            process.send_signal(signal.SIGHUP)
+            time.sleep(0.05)
+        wait_for(
+            lambda: b"Running on" in log.read_bytes() or process.poll() is not None,
+            timeout_s=10,
+            what="serving",
+        )
+        assert process.poll() is None, log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def test_an_unchanged_meaning_takes_the_files_version_and_problems_stay_private(
+    standins: dict[str, StandIn],
+    redis_server: RedisServer,
+    write_config: Callable[[str], Path],
+    make_edge: Callable[..., Edge],
+) -> None:
+    good = text(standins, ("us-west", "eu-west"), redis_server)
+    path = write_config(good)
+    edge = make_edge(path)
+    path.write_text("# a comment changes the bytes, not the meaning\n" + good)
+    edge.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: reloads(edge, "unchanged") == 1, timeout_s=10, what="the reload")
+    import hashlib
+
+    assert version(edge) == hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    path.write_text(good.replace('"eu-west"', '"eu west"', 1))
+    edge.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: reloads(edge, "invalid") == 1, timeout_s=10, what="the failed reload")
+    last = edge.get("/v1/clusters").json()["config"]["last_reload"]
+    assert last["result"] == "invalid"
+    assert "problems" not in last  # they may quote the file; GET /v1/config (admin) has them

@@ -11,6 +11,9 @@ from georouter.config.redisurl import RedisTarget
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# Clusters one configuration may name: the shared health board has room for this many.
+MAX_CLUSTERS = 1024
+
 
 class ClientIpHeader(StrEnum):
     """Which forwarding header a trusted proxy sets.

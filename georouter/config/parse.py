@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from georouter.config.model import (
+    MAX_CLUSTERS,
     ClientIpHeader,
     Cluster,
     Config,
@@ -136,6 +137,8 @@ def _user_path(text: str, base_dir: Path | None) -> Path | _Error:
 def _clusters_array(value: Any) -> list[Any] | _Error:
     if not isinstance(value, list) or not value:
         return _Error("must be a non-empty array of [[clusters]] tables")
+    if len(value) > MAX_CLUSTERS:
+        return _Error(f"holds {len(value)} clusters; at most {MAX_CLUSTERS}")
     return value
 
 

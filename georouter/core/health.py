@@ -16,10 +16,9 @@ down after ``window_fall`` failures among its last ``window`` probes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from types import MappingProxyType
 
 # The most probes a window may span: the recent results are kept as the bits of
 # one unsigned 64-bit word, which is also how the HealthBoard carries them.
@@ -133,12 +132,41 @@ def observe(
     )
 
 
+class Unroutable(Mapping[str, str]):
+    """The clusters that take no traffic, with why; a name the health view has no
+    state for counts as not probed yet. A snapshot taken before a reload still
+    names a cluster the reload removed (a batch request mid-way), and a worker's
+    newer snapshot names one its prober has not published yet: neither is
+    routable by default."""
+
+    def __init__(self, down: Mapping[str, str], known: frozenset[str]) -> None:
+        self._down = down
+        self._known = known
+
+    def __getitem__(self, name: str) -> str:
+        if name in self._down:
+            return self._down[name]
+        if name in self._known:
+            raise KeyError(name)
+        return "not probed yet"
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._down or name not in self._known
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._down)
+
+    def __len__(self) -> int:
+        return len(self._down)
+
+
 def unroutable(states: Mapping[str, HealthState]) -> Mapping[str, str]:
     """The clusters that take no traffic now, each with why: the policy's input."""
-    return MappingProxyType(
+    return Unroutable(
         {
             name: "down" if st.status is Status.DOWN else "not probed yet"
             for name, st in states.items()
             if not st.routable
-        }
+        },
+        frozenset(states),
     )

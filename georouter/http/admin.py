@@ -202,5 +202,8 @@ class AdminApi:
         reloader = self._reloader(request)
         dry_run = flag(query_of(request), "dry_run")
         outcome = reloader.reload(dry_run=dry_run)
+        if not dry_run and reloader.propagate is not None:
+            # This process answers; every other one of the edge reloads as on SIGHUP.
+            reloader.propagate()
         status = 200 if outcome.result in ("ok", "unchanged") else 422
         return JSON(outcome.as_json(), status_code=status)

@@ -84,6 +84,7 @@ def create_app(
     monotonic: Callable[[], float] = time.monotonic,
     config_file: ConfigFile | None = None,
     reload_requests: ReloadRequests | None = None,
+    reload_everywhere: Callable[[], None] | None = None,
 ) -> ASGIApp:
     """The georouter ASGI app for ``config``. Sessions are on when ``config`` names a Redis.
 
@@ -141,7 +142,9 @@ def create_app(
                     if monitor is not None:
                         monitor.reconfigure(new.clusters, new.health)
 
-                reloader = Reloader(config_file, config, apply, metrics, clock=clock)
+                reloader = Reloader(
+                    config_file, config, apply, metrics, clock=clock, propagate=reload_everywhere
+                )
             services = Services(
                 geo=geo,
                 health=source,

@@ -87,11 +87,20 @@ class Reloader:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
+        propagate: Callable[[], None] | None = None,
+        quiet: bool = False,
     ) -> None:
         self.source = source
         self.running = running
         self._apply = apply
         self._clock = clock
+        # A worker's way to have every process of its edge reload (SIGHUP to the
+        # supervisor), when a reload is asked of it alone (the admin API).
+        self.propagate = propagate
+        # The supervisor keeps track without logging what every child logs.
+        self._quiet = quiet
+        # The file's identity when last read: what the watch compares against.
+        self.seen = source.stamp
         self.loaded_at = clock()
         self.last: Outcome | None = None
         self._results = metrics.family(
@@ -106,6 +115,8 @@ class Reloader:
         """Read the file again and apply it if it is valid and reloadable."""
         path = self.source.path
         stamp = file_stamp(path)
+        if not dry_run:
+            self.seen = stamp
         try:
             new, version = load_version(path)
         except ConfigError as exc:
@@ -120,6 +131,9 @@ class Reloader:
             )
             return self._record(Outcome("refused", self.source.version, change, problems), dry_run)
         if change.empty:
+            if not dry_run:
+                # Same meaning (comments, order of keys): the version is the file's.
+                self.source = ConfigFile(path, version, new, stamp)
             return self._record(Outcome("unchanged", version, change), dry_run)
         if dry_run:
             return self._record(Outcome("ok", version, change, dry_run=True), dry_run)
@@ -140,6 +154,8 @@ class Reloader:
             return outcome
         self.last = outcome
         self._results[(outcome.result,)] += 1
+        if self._quiet:
+            return outcome
         if outcome.result == "ok":
             assert outcome.change is not None
             log.info(
@@ -158,23 +174,26 @@ class Reloader:
             )
         return outcome
 
-    def status(self) -> dict[str, object]:
+    def status(self, *, problems: bool = True) -> dict[str, object]:
+        """The running file; ``problems=False`` leaves out what a failed reload said,
+        which may quote the file's values (for answers that need no token)."""
+        last = None if self.last is None else self.last.as_json()
+        if last is not None and not problems:
+            last.pop("problems", None)
         return {
             "path": str(self.source.path),
             "version": self.source.version,
             "loaded_at": self.loaded_at,
-            "last_reload": None if self.last is None else self.last.as_json(),
+            "last_reload": last,
         }
 
     async def follow(self, requests: ReloadRequests | None) -> None:
         """Reload when asked (``requests``) or when the file changes (looked at every
         ``[router] watch_config_s``; 0: never). Runs until cancelled."""
         path = self.source.path
-        seen = self.source.stamp
-        if file_stamp(path) != seen:
-            # Started from a file that has changed since (a worker that replaces
-            # one that died): catch up at once.
-            seen = file_stamp(path)
+        if file_stamp(path) != self.seen:
+            # Started from a file that has changed since it was read (a worker that
+            # replaces one that died): catch up at once.
             self.reload()
         while True:
             watch_s = self.running.router.watch_config_s
@@ -190,9 +209,7 @@ class Reloader:
                     pass
             else:
                 await asyncio.sleep(watch_s)
-            stamp = file_stamp(path)
-            if asked or (watch_s and stamp != seen):
-                seen = stamp
+            if asked or (watch_s and file_stamp(path) != self.seen):
                 # On the loop, in one step: the file is small (load bounds it) and
                 # apply() touches loop-owned state (the monitor's tasks).
                 self.reload()

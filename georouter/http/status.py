@@ -39,7 +39,7 @@ async def list_clusters(request: Request) -> Response:
             ],
             "geoip": info.as_json(),
             "sessions": _sessions_status(svc, config),
-            "config": None if svc.reloader is None else svc.reloader.status(),
+            "config": None if svc.reloader is None else svc.reloader.status(problems=False),
             "warnings": warnings,
         }
     )

@@ -229,5 +229,13 @@ class HealthMonitor:
                 task.cancel()
             self._start(cluster)
         self._unroutable = self._build_unroutable()
+        # Readiness waits only on clusters that are still configured (one removed
+        # before its first probe would otherwise hold it back forever); before the
+        # first round is done, a cluster added meanwhile joins it.
+        self._first_round_left &= new.keys()
+        if not self.first_round_done.is_set():
+            self._first_round_left |= new.keys() - old.keys()
+        if not self._first_round_left:
+            self.first_round_done.set()
         if self._on_change is not None:
             self._on_change()

@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 import mmap
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 
 from georouter.config import Cluster
+from georouter.config.model import MAX_CLUSTERS
 from georouter.core.health import HealthState, Status, unroutable
 
 _HEADER = struct.Struct("<QBH")  # sequence, first round done, clusters on the board
@@ -30,7 +31,7 @@ _HEADER = struct.Struct("<QBH")  # sequence, first round done, clusters on the b
 # from what is published here, so the window must survive the trip like the counters.
 _RECORD = struct.Struct("<64sBIIIdd96sQB")
 # Clusters a board has room for (cluster names are at most 63 bytes).
-CAPACITY = 1024
+CAPACITY = MAX_CLUSTERS
 _STATUS_CODES = {Status.UNKNOWN: 0, Status.UP: 1, Status.DOWN: 2}
 _STATUSES = {code: status for status, code in _STATUS_CODES.items()}
 _NAN = float("nan")
@@ -77,32 +78,6 @@ def _decode(raw: _Fields) -> tuple[str, HealthState]:
     )
 
 
-class _Unroutable(Mapping[str, str]):
-    """The board's unroutable clusters, and every cluster it does not hold: a
-    cluster a worker's newer configuration names is not routable before the
-    prober has published a probe of it."""
-
-    def __init__(self, down: Mapping[str, str], on_board: frozenset[str]) -> None:
-        self._down = down
-        self._on_board = on_board
-
-    def __getitem__(self, name: str) -> str:
-        if name in self._down:
-            return self._down[name]
-        if name in self._on_board:
-            raise KeyError(name)
-        return "not probed yet"
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._down or name not in self._on_board
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._down)
-
-    def __len__(self) -> int:
-        return len(self._down)
-
-
 class HealthBoard:
     """The shared block; create it before forking, then write (the prober) or read."""
 
@@ -112,7 +87,7 @@ class HealthBoard:
         self._mem = mmap.mmap(-1, _HEADER.size + _RECORD.size * CAPACITY)
         self._seen = -1
         self._states: Mapping[str, HealthState] = {c.name: HealthState() for c in clusters}
-        self._unroutable: Mapping[str, str] = _Unroutable({}, frozenset(self._states))
+        self._unroutable: Mapping[str, str] = unroutable(self._states)
         self._ready = False
         # Zeroed memory is not a valid record (0.0 is a time; NaN means never):
         # write the initial states before any reader can look.
@@ -148,7 +123,7 @@ class HealthBoard:
         if _HEADER.unpack_from(self._mem, 0)[0] != seq:
             return  # overwritten while reading: read again next time
         self._states = MappingProxyType(states)
-        self._unroutable = _Unroutable(unroutable(states), frozenset(states))
+        self._unroutable = unroutable(states)
         self._ready = bool(ready)
         self._seen = seq
 

@@ -24,7 +24,7 @@ from typing import Any
 from georouter.config import Config
 from georouter.http.app import create_app
 from georouter.http.common import Drain
-from georouter.http.reload import ConfigFile, Reloader, ReloadRequests
+from georouter.http.reload import ConfigFile, Reloader, ReloadRequests, file_stamp
 from georouter.metrics import Metrics
 from georouter.probes.active import HealthMonitor, probe_client
 from georouter.probes.board import HealthBoard
@@ -126,10 +126,16 @@ def serve_edge(
             drain=drain,
             config_file=config_file,
             reload_requests=reloads,
+            # A worker asked to reload (the admin API) has the supervisor tell everyone.
+            reload_everywhere=None if board is None else _hangup_parent,
         )
         await serve(app, sock, stop, kind=kind, limits=config.limits, drain=drain, drain_s=drain_s)
 
     run_loop(main)
+
+
+def _hangup_parent() -> None:
+    os.kill(os.getppid(), signal.SIGHUP)
 
 
 class Supervisor:
@@ -147,9 +153,15 @@ class Supervisor:
     ) -> None:
         self.config = config
         self.drain_s = drain_s
-        # Children started later (replacements) start from this and catch up with
-        # the file at once if it has changed since (see Reloader.follow).
-        self.config_file = config_file
+        # The supervisor follows the file too (quietly; its children log), so a
+        # child started later (a replacement) starts from what the edge serves now.
+        self.reloader = (
+            None
+            if config_file is None
+            else Reloader(config_file, config, self._reloaded, Metrics(), quiet=True)
+        )
+        self._reload_asked = False
+        self._next_look = 0.0
         self.workers = workers
         self.kind = kind
         self.admin_token = admin_token
@@ -216,7 +228,27 @@ class Supervisor:
         self._signal(signal.SIGTERM, workers_only=True)
 
     def _hangup(self, signum: int, frame: object) -> None:
+        self._reload_asked = True
         self._signal(signal.SIGHUP)
+
+    def _reloaded(self, config: Config) -> None:
+        self.config = config
+
+    @property
+    def config_file(self) -> ConfigFile | None:
+        return None if self.reloader is None else self.reloader.source
+
+    def _follow_file(self, now: float) -> None:
+        reloader = self.reloader
+        if reloader is None:
+            return
+        watch_s = reloader.running.router.watch_config_s
+        due = watch_s > 0 and now >= self._next_look
+        if due:
+            self._next_look = now + watch_s
+        if self._reload_asked or (due and file_stamp(reloader.source.path) != reloader.seen):
+            self._reload_asked = False
+            reloader.reload()
 
     def _signal(self, signum: int, *, workers_only: bool = False) -> None:
         for pid, (role, _) in list(self.children.items()):
@@ -237,6 +269,8 @@ class Supervisor:
         stop_deadline: float | None = None
         prober_told = False
         while self.children:
+            if not self.stopping:
+                self._follow_file(time.monotonic())
             if self.stopping and stop_deadline is None:
                 stop_deadline = time.monotonic() + self.drain_s + _STOP_GRACE_S
             if (

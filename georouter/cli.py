@@ -196,8 +196,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 2
     log.info("serving %d clusters from %s with %s", len(config.clusters), path, kind.value)
-    # Printed whatever the log level: scripts and tests wait for this line.
-    print(f"georouter: listening on {url_of(sock)}", file=sys.stderr, flush=True)
+    url = url_of(sock)
+
+    def announce() -> None:
+        # Printed whatever the log level, once the edge can answer (its Redis and its
+        # app started; the socket already queues connections): scripts wait for it.
+        print(f"georouter: listening on {url}", file=sys.stderr, flush=True)
 
     try:
         with session_backend(config) as ready:
@@ -211,6 +215,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     signer=signer,
                     drain_s=args.drain_s,
                     config_file=config_file,
+                    on_started=announce,
                 ).run()
 
             serve_edge(
@@ -221,6 +226,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 signer=signer,
                 drain_s=args.drain_s,
                 config_file=config_file,
+                on_started=announce,
             )
     except EmbeddedRedisError as exc:
         print(f"georouter: sessions: {exc}", file=sys.stderr)

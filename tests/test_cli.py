@@ -215,3 +215,17 @@ def test_check_diff_says_what_a_reload_would_change(write_config: Callable[[str]
     assert invalid.returncode == 1
     assert "clusters[0].name" in invalid.stderr
     assert "Traceback" not in invalid.stderr
+
+
+def test_serve_says_listening_only_once_it_can_answer(
+    write_config: Callable[[str], Path], tmp_path: Path
+) -> None:
+    # The embedded Redis cannot start: its state directory is under a plain file.
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    clusters = [{"name": "a", "url": "https://a.example.net", "lat": 1.0, "lon": 1.0}]
+    path = write_config(config_text(clusters, sessions={"state_dir": str(blocker / "state")}))
+    result = run("serve", "--config", str(path), "--listen", "127.0.0.1:0")
+    assert result.returncode != 0
+    assert "listening on" not in result.stderr
+    assert "Traceback" not in result.stderr

@@ -85,6 +85,7 @@ def create_app(
     config_file: ConfigFile | None = None,
     reload_requests: ReloadRequests | None = None,
     reload_everywhere: Callable[[], None] | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> ASGIApp:
     """The georouter ASGI app for ``config``. Sessions are on when ``config`` names a Redis.
 
@@ -177,6 +178,8 @@ def create_app(
                 # it; each one otherwise stalled the event loop for 20-50 ms here,
                 # long enough for Redis calls in flight to time out.
                 gc.freeze()
+                if on_started is not None:
+                    on_started()
                 try:
                     yield {"services": services}
                 finally:

@@ -107,6 +107,7 @@ def serve_edge(
     drain_s: float,
     config_file: ConfigFile | None,
     board: HealthBoard | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> None:
     """Serve one edge process until SIGTERM/SIGINT (draining ``drain_s`` first);
     SIGHUP reloads ``config_file``. A worker reads health from ``board``; without
@@ -128,6 +129,7 @@ def serve_edge(
             reload_requests=reloads,
             # A worker asked to reload (the admin API) has the supervisor tell everyone.
             reload_everywhere=None if board is None else _hangup_parent,
+            on_started=on_started,
         )
         await serve(app, sock, stop, kind=kind, limits=config.limits, drain=drain, drain_s=drain_s)
 
@@ -150,6 +152,7 @@ class Supervisor:
         signer: CookieSigner | None,
         drain_s: float = 0.0,
         config_file: ConfigFile | None = None,
+        on_started: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.drain_s = drain_s
@@ -162,6 +165,8 @@ class Supervisor:
         )
         self._reload_asked = False
         self._next_look = 0.0
+        # Said by the first worker to start, once (not by its replacements).
+        self._on_started = on_started
         self.workers = workers
         self.kind = kind
         self.admin_token = admin_token
@@ -186,6 +191,8 @@ class Supervisor:
         pid = os.fork()
         if pid:
             self.children[pid] = (role, time.monotonic())
+            if role == "worker-0":
+                self._on_started = None
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORK_BLOCKED)
             if self.stopping:
                 self._stop(signal.SIGTERM, None)
@@ -213,6 +220,7 @@ class Supervisor:
                     signer=self.signer,
                     drain_s=self.drain_s,
                     config_file=self.config_file,
+                    on_started=self._on_started if role == "worker-0" else None,
                 )
         except BaseException:
             log.exception("%s failed", role)

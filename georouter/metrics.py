@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+# A process's counters as plain data: name -> (help, label names, {label values: value}).
+Snapshot = dict[str, tuple[str, tuple[str, ...], dict[tuple[str, ...], float]]]
 
 
 @dataclass
@@ -29,10 +33,30 @@ class Metrics:
             found = self._families[name] = Family(name, help_text, labels)
         return found
 
-    def render(self, gauges: dict[str, float] | None = None) -> str:
+    def snapshot(self) -> Snapshot:
+        return {
+            name: (fam.help, fam.labels, dict(fam.values)) for name, fam in self._families.items()
+        }
+
+    def absorb(self, snapshot: Snapshot) -> None:
+        """Add another process's counts to these (a replacement worker's start)."""
+        for name, (help_text, labels, values) in snapshot.items():
+            self.family(name, help_text, labels).values.update(values)
+
+    def render(
+        self, gauges: dict[str, float] | None = None, others: Sequence[Snapshot] = ()
+    ) -> str:
+        """The Prometheus text of these counters, plus ``others`` (other workers')."""
+        families = self._families
+        if others:
+            merged = Metrics()
+            merged.absorb(self.snapshot())
+            for snapshot in others:
+                merged.absorb(snapshot)
+            families = merged._families
         lines: list[str] = []
-        for name in sorted(self._families):
-            fam = self._families[name]
+        for name in sorted(families):
+            fam = families[name]
             if fam.help:
                 lines.append(f"# HELP {name} {fam.help}")
             lines.append(f"# TYPE {name} counter")

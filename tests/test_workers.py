@@ -349,3 +349,46 @@ def test_a_second_edge_with_workers_on_a_taken_port_fails_as_with_one_worker(
         )
         assert second.returncode == 2, (workers, second.stderr)
         assert "cannot listen on 127.0.0.1" in second.stderr
+
+
+def _decisions(edge: Edge) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    # A new connection each time: SO_REUSEPORT hands it to any worker.
+    text = httpx.get(edge.url + "/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        if family.name == "georouter_decisions":
+            return sum(
+                s.value
+                for s in family.samples
+                if s.name == "georouter_decisions_total" and s.labels["cluster"] == "eu-west"
+            )
+    return 0.0
+
+
+def test_metrics_are_the_edges_whichever_worker_answers_and_survive_a_worker(
+    serve_workers: Callable[..., Edge],
+) -> None:
+    edge = serve_workers(workers=2)
+    asked = 60
+    for _ in range(asked):
+        assert (
+            httpx.get(edge.url + "/v1/route", params={"ip": LONDON}, timeout=5).status_code == 200
+        )
+    # Each worker publishes within a second; then every scrape, on any worker, agrees.
+    wait_for(lambda: _decisions(edge) == asked, timeout_s=10, what="the edge's count")
+    scrapes = [_decisions(edge) for _ in range(20)]
+    assert scrapes == [asked] * 20
+    # Every child (both workers and the prober) dies and is replaced.
+    for pid, _ in children(edge.process.pid):
+        os.kill(pid, signal.SIGKILL)
+    seen = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(seen) < 40:
+        try:
+            seen.append(_decisions(edge))
+        except httpx.HTTPError:
+            continue
+    # Never backwards: each replacement goes on from its slot.
+    assert seen
+    assert all(v == asked for v in seen), seen

@@ -43,6 +43,7 @@ from georouter.http.common import (
 from georouter.http.limits import Limits
 from georouter.http.reload import ConfigFile, Reloader, ReloadRequests
 from georouter.metrics import Metrics
+from georouter.metricsboard import SharedMetrics
 from georouter.probes.active import HealthMonitor, probe_client
 from georouter.router import Router
 from georouter.runtime import Runtime
@@ -86,6 +87,7 @@ def create_app(
     reload_requests: ReloadRequests | None = None,
     reload_everywhere: Callable[[], None] | None = None,
     on_started: Callable[[], None] | None = None,
+    shared_metrics: SharedMetrics | None = None,
 ) -> ASGIApp:
     """The georouter ASGI app for ``config``. Sessions are on when ``config`` names a Redis.
 
@@ -102,6 +104,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
+            if shared_metrics is not None:
+                # Before anything counts: a replacement worker goes on from its slot.
+                shared_metrics.carry_over(metrics)
             geo = GeoDatabase.configured(config.geoip, now=clock())
             stack.callback(geo.close)
             if geo.info.stale:
@@ -160,6 +165,7 @@ def create_app(
                 monotonic=monotonic,
                 drain=drain,
                 reloader=reloader,
+                shared_metrics=shared_metrics,
             )
             async with asyncio.TaskGroup() as tg:
                 tasks = []
@@ -172,6 +178,10 @@ def create_app(
                 if reloader is not None:
                     tasks.append(
                         tg.create_task(reloader.follow(reload_requests), name="config-reload")
+                    )
+                if shared_metrics is not None:
+                    tasks.append(
+                        tg.create_task(_publish(shared_metrics, metrics), name="metrics-publish")
                     )
                 # Start-up is done: what exists now (modules, the GeoIP reader, the
                 # clients) lives as long as the process. Frozen, full collections skip
@@ -221,6 +231,13 @@ def create_app(
     # (``/v1/route/`` was a bare 307 with an empty body).
     starlette.router.redirect_slashes = False
     return Limits(FastRoute(starlette), config.limits, metrics, drain)
+
+
+async def _publish(shared: SharedMetrics, metrics: Metrics) -> None:
+    """Keep this worker's counters on the board for the others' scrapes."""
+    while True:
+        shared.publish(metrics)
+        await asyncio.sleep(1.0)
 
 
 class FastRoute:

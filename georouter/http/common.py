@@ -20,6 +20,7 @@ from georouter.errors import ApiError
 from georouter.geoip.database import GeoDatabase
 from georouter.http.reload import Reloader
 from georouter.metrics import Metrics
+from georouter.metricsboard import SharedMetrics
 from georouter.router import Router
 from georouter.runtime import Runtime
 from georouter.sessions.ids import CookieSigner
@@ -63,6 +64,8 @@ class Services:
     drain: Drain = field(default_factory=Drain)
     # Present when the edge runs from a file it can read again.
     reloader: Reloader | None = None
+    # A worker's place on its edge's metrics board (None: a single process).
+    shared_metrics: SharedMetrics | None = None
 
     @property
     def runtime(self) -> Runtime:

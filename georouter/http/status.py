@@ -10,6 +10,7 @@ from georouter.core.breaker import BreakerState
 from georouter.core.health import HealthState
 from georouter.http import openapi
 from georouter.http.common import JSON, Services, services
+from georouter.metrics import Snapshot
 
 
 async def list_clusters(request: Request) -> Response:
@@ -90,7 +91,15 @@ async def metrics(request: Request) -> Response:
         gauges["georouter_redis_breaker_open"] = float(status.breaker is BreakerState.OPEN)
         gauges["georouter_session_local_pins"] = float(status.remembered_pins)
         gauges["georouter_session_pending_write_back"] = float(status.pending_write_back)
-    return PlainTextResponse(svc.metrics.render(gauges), media_type="text/plain; version=0.0.4")
+    others: list[Snapshot] = []
+    if svc.shared_metrics is not None:
+        # The edge's counters, whichever worker answers: this one's (published now,
+        # so the next scrape, answered by another, sees at least as much) and the rest.
+        svc.shared_metrics.publish(svc.metrics)
+        others = svc.shared_metrics.others()
+    return PlainTextResponse(
+        svc.metrics.render(gauges, others), media_type="text/plain; version=0.0.4"
+    )
 
 
 async def openapi_json(request: Request) -> Response:

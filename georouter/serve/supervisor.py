@@ -26,6 +26,7 @@ from georouter.http.app import create_app
 from georouter.http.common import Drain
 from georouter.http.reload import ConfigFile, Reloader, ReloadRequests, file_stamp
 from georouter.metrics import Metrics
+from georouter.metricsboard import MetricsBoard, SharedMetrics
 from georouter.probes.active import HealthMonitor, probe_client
 from georouter.probes.board import HealthBoard
 from georouter.serve.server import (
@@ -108,6 +109,7 @@ def serve_edge(
     config_file: ConfigFile | None,
     board: HealthBoard | None = None,
     on_started: Callable[[], None] | None = None,
+    shared_metrics: SharedMetrics | None = None,
 ) -> None:
     """Serve one edge process until SIGTERM/SIGINT (draining ``drain_s`` first);
     SIGHUP reloads ``config_file``. A worker reads health from ``board``; without
@@ -130,6 +132,7 @@ def serve_edge(
             # A worker asked to reload (the admin API) has the supervisor tell everyone.
             reload_everywhere=None if board is None else _hangup_parent,
             on_started=on_started,
+            shared_metrics=shared_metrics,
         )
         await serve(app, sock, stop, kind=kind, limits=config.limits, drain=drain, drain_s=drain_s)
 
@@ -172,6 +175,7 @@ class Supervisor:
         self.admin_token = admin_token
         self.signer = signer
         self.board = HealthBoard(config.clusters)
+        self.metrics_board = MetricsBoard(workers)
         # One listening socket per worker: with a single shared socket the first
         # worker to wake accepts most of a burst of keep-alive connections and the
         # others idle; with SO_REUSEPORT sockets the kernel spreads connections
@@ -221,6 +225,9 @@ class Supervisor:
                     drain_s=self.drain_s,
                     config_file=self.config_file,
                     on_started=self._on_started if role == "worker-0" else None,
+                    shared_metrics=SharedMetrics(
+                        self.metrics_board, int(role.removeprefix("worker-"))
+                    ),
                 )
         except BaseException:
             log.exception("%s failed", role)

@@ -88,6 +88,18 @@ async def ready_now(client: httpx.AsyncClient) -> bool:
     return (await client.get("/readyz")).status_code == 200
 
 
+async def pace(seconds: float) -> None:
+    """A slow client or cluster on purpose (a trickle, a slowloris, a held fault)
+    waits between its steps. That is the attack's pace, not a wait for a condition
+    (those are ``until`` and ``wait_for``)."""
+    await asyncio.sleep(seconds)
+
+
+def pace_sync(seconds: float) -> None:
+    """``pace`` for code outside the event loop."""
+    time.sleep(seconds)
+
+
 async def loop_turns(count: int) -> None:
     """Let the event loop run ``count`` turns: other tasks' steps interleave here."""
     for _ in range(count):

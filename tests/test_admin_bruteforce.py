@@ -7,7 +7,6 @@ In process (real app, real Redis, the address varied with the ASGI transport's
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -64,10 +63,22 @@ def make_config(
     return dataclasses.replace(config, limits=limits)
 
 
+class Clock:
+    """Monotonic seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @asynccontextmanager
-async def serving(config: Config, *peers: str) -> AsyncIterator[list[httpx.AsyncClient]]:
+async def serving(
+    config: Config, *peers: str, clock: Clock | None = None
+) -> AsyncIterator[list[httpx.AsyncClient]]:
     """One app; one client per peer address."""
-    app = create_app(config, admin_token=TOKEN)
+    app = create_app(config, admin_token=TOKEN, monotonic=clock or Clock())
     async with LifespanManager(app) as manager:
         clients = [
             httpx.AsyncClient(
@@ -89,14 +100,16 @@ async def test_after_n_wrong_tokens_even_the_right_one_is_429_until_the_window_p
     standins: dict[str, StandIn], redis_server: RedisServer
 ) -> None:
     config = make_config(standins, redis_server.url, lockout_s=1.0)
-    async with serving(config, "198.51.100.7", "198.51.100.8") as (attacker, other):
-        started = time.monotonic()
+    clock = Clock()
+    async with serving(config, "198.51.100.7", "198.51.100.8", clock=clock) as (attacker, other):
         guesses = [await attacker.get("/v1/sessions/s1", headers=WRONG) for _ in range(LIMIT)]
         locked = await attacker.get("/v1/sessions/s1", headers=RIGHT)
         locked_delete = await attacker.delete("/v1/sessions/s1", headers=RIGHT)
         elsewhere = await other.get("/v1/sessions/s1", headers=RIGHT)
-        # The window runs from the first wrong token; wait it out.
-        await asyncio.sleep(max(0.0, started + 1.05 - time.monotonic()))
+        clock.now += 0.99
+        still = await attacker.get("/v1/sessions/s1", headers=RIGHT)
+        # The window runs from the first wrong token.
+        clock.now += 0.01
         after = await attacker.get("/v1/sessions/s1", headers=RIGHT)
     print(
         f"\nwrong tokens: {[r.status_code for r in guesses]}; then the right one:"
@@ -104,6 +117,7 @@ async def test_after_n_wrong_tokens_even_the_right_one_is_429_until_the_window_p
         f" another address: {elsewhere.status_code}; after the window: {after.status_code}"
     )
     assert [r.status_code for r in guesses] == [401] * LIMIT
+    assert still.status_code == 429
     for r in (locked, locked_delete):
         assert r.status_code == 429
         assert r.json()["error"] == "too_many_failures"

@@ -28,7 +28,15 @@ import pytest
 
 from georouter.core.pin import Pin
 from georouter.demo.standin import StandIn
-from tests.harness import FAST_HEALTH, SITES, Edge, cluster_entries, config_text, wait_for
+from tests.harness import (
+    FAST_HEALTH,
+    SITES,
+    Edge,
+    cluster_entries,
+    config_text,
+    pace_sync,
+    wait_for,
+)
 from tests.redis_harness import RedisServer
 
 # Clients on every continent, so sessions spread over the clusters; a session
@@ -347,7 +355,7 @@ def test_redis_hung_by_sigstop_adds_bounded_latency_and_no_errors(
         paused_at = time.monotonic()
         try:
             load.set("stall", pinned + fresh)
-            time.sleep(2.0)  # hold the fault
+            pace_sync(2.0)  # hold the fault
         finally:
             redis_server.resume()
         resumed_at = time.monotonic()

@@ -24,7 +24,7 @@ from georouter.config import Cluster, HealthSettings
 from georouter.core.health import ProbeResult, Status
 from georouter.demo.standin import StandIn
 from georouter.probes.active import HealthMonitor
-from tests.harness import Edge, config_text, wait_for
+from tests.harness import Edge, config_text, pace, until, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -149,7 +149,7 @@ def trickle(head: bytes, *, every_s: float = 0.3) -> Handler:
             w.write(b"1\r\nx\r\n" if chunked else b"x")
             await w.drain()
             ep.sent += 1
-            await asyncio.sleep(every_s)
+            await pace(every_s)
 
     return handler
 
@@ -160,7 +160,7 @@ async def trickled_head(ep: RawEndpoint, r: asyncio.StreamReader, w: asyncio.Str
     for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok":
         w.write(bytes([byte]))
         await w.drain()
-        await asyncio.sleep(0.3)
+        await pace(0.3)
 
 
 def big_body(*, content_length: bool) -> Handler:
@@ -321,7 +321,7 @@ async def test_a_50_mib_body_fails_the_probe_and_is_not_read(
     # A generous deadline: on loopback the whole 50 MiB would arrive well within it.
     result, elapsed = await probe_once(replace(FAST, timeout_s=10.0), ep.url, bound_s=20)
     # The client closed the connection; give the server a moment to notice.
-    await asyncio.sleep(0.2)
+    await pace(0.2)
     print(
         f"50 MiB body ({'declared' if content_length else 'until close'}):"
         f" server sent {ep.sent} bytes ({ep.sent / 2**20:.2f} MiB) in {elapsed:.3f}s:"
@@ -536,10 +536,11 @@ async def test_the_window_goes_down_under_a_running_monitor_too(
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(monitor.run())
             try:
-                deadline = time.monotonic() + 10
-                while monitor.states["flaky"].status is not Status.DOWN:
-                    assert time.monotonic() < deadline, monitor.states["flaky"]
-                    await asyncio.sleep(0.01)
+                await until(
+                    lambda: monitor.states["flaky"].status is Status.DOWN,
+                    timeout_s=10,
+                    what="the flaky cluster down",
+                )
             finally:
                 task.cancel()
     state = monitor.states["flaky"]
@@ -578,12 +579,14 @@ def test_an_edge_beside_a_50_mib_health_body_keeps_its_memory(
     at_ready = _rss_kib(pid)
     peak = at_ready
     started = time.monotonic()
+
     # Twenty probes of the hostile endpoint; each would be 50 MiB read whole.
-    deadline = started + 30
-    while hostile.requests < 20:
-        assert time.monotonic() < deadline, f"only {hostile.requests} probes in 30s"
+    def sampled() -> bool:
+        nonlocal peak
         peak = max(peak, _rss_kib(pid))
-        time.sleep(0.02)
+        return hostile.requests >= 20
+
+    wait_for(sampled, timeout_s=30, what="twenty probes of the hostile endpoint")
     peak = max(peak, _rss_kib(pid))
     clusters = wait_for(
         lambda: edge.get("/v1/clusters").json()["clusters"], timeout_s=5, what="/v1/clusters"

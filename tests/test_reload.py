@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from georouter.demo.standin import StandIn
-from tests.harness import FAST_HEALTH, Edge, cluster_entries, config_text, wait_for
+from tests.harness import FAST_HEALTH, Edge, cluster_entries, config_text, pace, pace_sync, wait_for
 from tests.redis_harness import RedisServer
 
 TOKYO = "1.0.16.1"  # nearest: ap-northeast, else us-west
@@ -283,7 +283,7 @@ def test_rewriting_the_config_under_traffic_fails_no_request(
             else:
                 path.write_text(files[i % 2])
             edge.process.send_signal(signal.SIGHUP)
-            await asyncio.sleep(0.1)
+            await pace(0.1)
         stop.set()
 
     async def run() -> list[dict[str, int]]:
@@ -405,11 +405,11 @@ def test_a_sighup_during_start_up_does_not_end_the_edge(
         # While it imports, opens the GeoIP database and connects: before its loop.
         # (Not in the first milliseconds: before any Python code runs, no program
         # can choose what a signal does.)
-        time.sleep(0.1)
+        pace_sync(0.1)
         deadline = time.monotonic() + 10
         while b"listening on" not in log.read_bytes() and time.monotonic() < deadline:
             process.send_signal(signal.SIGHUP)
-            time.sleep(0.05)
+            pace_sync(0.05)
         wait_for(
             lambda: b"Running on" in log.read_bytes() or process.poll() is not None,
             timeout_s=10,

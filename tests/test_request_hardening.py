@@ -23,7 +23,15 @@ import pytest
 
 from georouter.demo.standin import StandIn
 from georouter.sessions.ids import CookieSigner
-from tests.harness import FAST_HEALTH, Edge, cluster_entries, config_text, start_edge, wait_for
+from tests.harness import (
+    FAST_HEALTH,
+    Edge,
+    cluster_entries,
+    config_text,
+    pace,
+    start_edge,
+    wait_for,
+)
 from tests.redis_harness import RedisServer
 
 SERVERS = ["hypercorn", "uvicorn"]
@@ -218,7 +226,6 @@ async def _good_client(edge: Edge, stop: asyncio.Event) -> tuple[int, int, list[
                 ok += 1
             else:
                 failed += 1
-            await asyncio.sleep(0.01)
     return ok, failed, latencies
 
 
@@ -564,7 +571,7 @@ def test_an_http2_body_without_a_length_is_bounded_too(
     async def trickle() -> AsyncIterator[bytes]:
         for _ in range(100):  # 20 s of body, unless the edge cuts it off
             yield b" "
-            await asyncio.sleep(0.2)
+            await pace(0.2)
 
     async def slow_post() -> tuple[str, float]:
         started = time.monotonic()

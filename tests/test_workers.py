@@ -26,6 +26,7 @@ from tests.harness import (
     cluster_entries,
     config_text,
     georouter_command,
+    pace_sync,
     wait_for,
 )
 from tests.procfs import alive, children
@@ -75,10 +76,13 @@ def serve_workers(
         was_running = edge.process.poll() is None
         code = edge.stop()
         leftovers = [pid for pid in pids if alive(pid)]
-        deadline = time.monotonic() + 10
-        while leftovers and time.monotonic() < deadline:
-            time.sleep(0.05)
-            leftovers = [pid for pid in leftovers if alive(pid)]
+        with contextlib.suppress(AssertionError):
+            wait_for(
+                lambda pids=pids: not any(alive(pid) for pid in pids),
+                timeout_s=10,
+                what="children gone",
+            )
+        leftovers = [pid for pid in leftovers if alive(pid)]
         for pid in leftovers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -174,7 +178,7 @@ def test_two_workers_answer_and_share_one_prober(
     # Health probes heard at one cluster over a measured window: one prober's worth.
     sydney = standins["ap-sydney"]
     before, started = sydney.requests, time.monotonic()
-    time.sleep(2.0)  # the window being measured, not a wait for a condition
+    pace_sync(2.0)  # the window being measured, not a wait for a condition
     probes, window = sydney.requests - before, time.monotonic() - started
     one_prober = window / INTERVAL_S
     assert one_prober * 0.5 <= probes <= one_prober * 1.5, (

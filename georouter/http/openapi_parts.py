@@ -1,0 +1,170 @@
+"""The pieces the OpenAPI description is built of: schemas, parameters, answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from georouter.core.location import LocationSource
+from georouter.core.policy import Reason
+
+# What georouter.http.common.flag accepts: empty (a bare `?explain`) is true.
+FLAG_VALUES = ["", "1", "true", "yes", "on", "0", "false", "no", "off"]
+
+RELOAD_OUTCOME = {
+    "type": "object",
+    "required": ["result", "version"],
+    "properties": {
+        "result": {"enum": ["ok", "unchanged", "invalid", "refused"]},
+        "version": {"type": "string", "description": "the file's version after this"},
+        "dry_run": {"type": "boolean"},
+        "change": {"type": "object"},
+        "problems": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+CONFIG_STATUS = {
+    "type": "object",
+    "required": ["path", "version", "loaded_at", "last_reload"],
+    "properties": {
+        "path": {"type": "string"},
+        "version": {"type": "string"},
+        "loaded_at": {"type": "number"},
+        "last_reload": {"oneOf": [{"type": "null"}, RELOAD_OUTCOME]},
+    },
+}
+
+ERROR = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {
+        "error": {"type": "string", "description": "machine-readable code"},
+        "message": {"type": "string"},
+        "parameter": {"type": "string", "description": "the query parameter at fault"},
+        "field": {"type": "string", "description": "the body field at fault"},
+    },
+}
+
+LOCATION = {
+    "type": ["object", "null"],
+    "properties": {
+        "lat": {"type": ["number", "null"]},
+        "lon": {"type": ["number", "null"]},
+        "country": {"type": ["string", "null"], "description": "ISO 3166-1 alpha-2"},
+        "accuracy_km": {"type": ["number", "null"]},
+        "source": {"type": "string", "enum": [s.value for s in LocationSource]},
+    },
+}
+
+DECISION = {
+    "type": "object",
+    "required": ["cluster", "url", "reason", "client_ip", "location", "distance_km"],
+    "properties": {
+        "cluster": {"type": ["string", "null"]},
+        "url": {"type": ["string", "null"]},
+        "reason": {"type": "string", "enum": [r.value for r in Reason]},
+        "client_ip": {"type": ["string", "null"]},
+        "location": {"$ref": "#/components/schemas/Location"},
+        "distance_km": {"type": ["number", "null"]},
+        "session": {
+            "type": "object",
+            "description": "present when the request named a session",
+            "properties": {
+                "id": {"type": "string"},
+                "pinned": {"type": ["string", "null"], "description": "the cluster pinned now"},
+                "ttl_s": {"type": ["number", "null"], "description": "sliding TTL left"},
+                "degraded": {
+                    "type": "boolean",
+                    "description": "decided from this edge's memory: Redis did not answer",
+                },
+            },
+        },
+        "error": {"type": "string", "enum": ["no_routable_cluster"]},
+        "message": {"type": "string"},
+        "explain": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "cluster": {"type": "string"},
+                    "distance_km": {"type": ["number", "null"]},
+                    "chosen": {"type": "boolean"},
+                    "why": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+
+
+def reply(
+    schema: dict[str, Any] | str, description: str, headers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    if isinstance(schema, str):
+        schema = {"$ref": f"#/components/schemas/{schema}"}
+    answer = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+# georouter.sessions.ids.valid_id: what a session id may be wherever it is given.
+SESSION_ID_PATTERN = "^[A-Za-z0-9._~+/=:-]{1,128}$"
+SESSION_ID = {"type": "string", "pattern": SESSION_ID_PATTERN}
+# With GEOROUTER_SESSION_KEYS set, a source not in [sessions] unsigned_sources
+# takes only `<id>.<signature>`: the id, a dot, an HMAC-SHA256 in unpadded base64url.
+SIGNED_SESSION_ID_PATTERN = "^[A-Za-z0-9._~+/=:-]{1,128}\\.[A-Za-z0-9_-]{43}$"
+SESSION_RULE = (
+    "1-128 characters of A-Z a-z 0-9 . _ ~ + / = : - (anything else is a 400). With"
+    " GEOROUTER_SESSION_KEYS set, the session cookie georouter issues carries"
+    " `<id>.<signature>` (the id, a dot and 43 base64url characters); a cookie that"
+    " fails its check is ignored, never an error."
+)
+# An address georouter.core.clientip.parse_address accepts: IPv4 dotted quad
+# (no leading zeros) or IPv6 (IPv4-mapped ones are routed as IPv4), no zone id.
+ADDRESS = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 45,
+    "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+}
+
+EXPLAIN = {
+    "name": "explain",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": FLAG_VALUES},
+    "allowEmptyValue": True,
+    "description": (
+        "add every cluster with its distance and why it was or was not chosen. A bare"
+        " flag (`?explain` or `explain=`) means true; case and surrounding whitespace are"
+        " ignored; any other value is a 400"
+    ),
+}
+
+AUTH_FAILED = reply(
+    "Error",
+    "missing or wrong token (each one counts towards the lockout)",
+    {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}},
+)
+LOCKED_OUT = reply(
+    "Error",
+    "too_many_failures: this address presented too many wrong tokens within"
+    " [limits] admin_lockout_s, and is refused (right token or not) until then",
+    {
+        "Retry-After": {
+            "description": "seconds until the address may try again",
+            "schema": {"type": "integer", "minimum": 1},
+            "required": True,
+        }
+    },
+)
+SESSION_PIN = {
+    "type": "object",
+    "required": ["id", "pinned", "pinned_at_ms", "ttl_s"],
+    "properties": {
+        "id": {"type": "string"},
+        "pinned": {"type": "string", "description": "the cluster the session is pinned to"},
+        "pinned_at_ms": {"type": ["integer", "null"]},
+        "ttl_s": {"type": ["number", "null"], "description": "sliding TTL left"},
+    },
+}

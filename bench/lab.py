@@ -98,7 +98,17 @@ class Lab:
     ) -> Iterator[Edge]:
         """A `georouter serve` process, pinned to ``cpus`` (None: not pinned)."""
         prefix = ("taskset", "-c", cpus) if cpus else ()
-        args = ("--server", server, "--workers", str(workers), "--log-level", "warning")
+        # nginx, the peer, runs with access_log off too: like is compared with like.
+        args = (
+            "--server",
+            server,
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+            "--access-log",
+            "off",
+        )
         edge = start_edge(
             self.config_path(near_cache_s=near_cache_s),
             self.workdir / f"edge-{len(self.edges)}.log",

@@ -24,6 +24,7 @@ from georouter.core.clientip import IPAddress, parse_address
 from georouter.demo import run as demo
 from georouter.errors import ConfigError, EmbeddedRedisError, ListenError, Problem, UsageError
 from georouter.geoip.database import DatabaseInfo, GeoDatabase
+from georouter.http.accesslog import AccessLogFormat
 from georouter.http.reload import ConfigFile, file_stamp
 from georouter.metrics import Metrics
 from georouter.router import AssumeAllUp, Router
@@ -178,6 +179,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _report(path, exc)
     config = checked.config
     config_file = ConfigFile(path, checked.version, config, stamp)
+    access_log = (
+        AccessLogFormat(args.access_log) if args.access_log else AccessLogFormat.default(sys.stdout)
+    )
     try:
         admin_token, signer = _env_secrets()
         sock = ListenAddress.parse(args.listen).bind(reuse_port=args.workers > 1)
@@ -216,6 +220,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     drain_s=args.drain_s,
                     config_file=config_file,
                     on_started=announce,
+                    access_log=access_log,
                 ).run()
 
             serve_edge(
@@ -227,6 +232,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 drain_s=args.drain_s,
                 config_file=config_file,
                 on_started=announce,
+                access_log=access_log,
             )
     except EmbeddedRedisError as exc:
         print(f"georouter: sessions: {exc}", file=sys.stderr)
@@ -336,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"address to serve on (default {DEFAULT_LISTEN}; port 0: any free port)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--access-log",
+        choices=[f.value for f in AccessLogFormat],
+        help="one line per request on stdout (default: json, or text on a terminal)",
+    )
     p.add_argument(
         "--drain-s",
         type=_drain_seconds,

@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, TextIO
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -31,6 +31,7 @@ from georouter.errors import ApiError
 from georouter.geoip.database import GeoDatabase
 from georouter.http import admin, paths, status
 from georouter.http import routing as api
+from georouter.http.accesslog import AccessLog, AccessLogFormat
 from georouter.http.common import (
     INTERNAL_ERROR,
     JSON,
@@ -88,6 +89,8 @@ def create_app(
     reload_everywhere: Callable[[], None] | None = None,
     on_started: Callable[[], None] | None = None,
     shared_metrics: SharedMetrics | None = None,
+    access_log: AccessLogFormat = AccessLogFormat.OFF,
+    access_stream: TextIO | None = None,
 ) -> ASGIApp:
     """The georouter ASGI app for ``config``. Sessions are on when ``config`` names a Redis.
 
@@ -230,7 +233,23 @@ def create_app(
     # An unknown path is the JSON 404, never a redirect to a path the API does not serve
     # (``/v1/route/`` was a bare 307 with an empty body).
     starlette.router.redirect_slashes = False
-    return Limits(FastRoute(starlette), config.limits, metrics, drain)
+    app: ASGIApp = Limits(FastRoute(starlette), config.limits, metrics, drain)
+    if access_log is not AccessLogFormat.OFF:
+        app = AccessLog(app, access_log, _resolved_client, stream=access_stream, clock=clock)
+    return app
+
+
+def _resolved_client(scope: Scope) -> str | None:
+    """The client address as the edge resolves it (through its trusted proxies)."""
+    svc: Services | None = scope.get("state", {}).get("services")
+    peer = scope.get("client")
+    if svc is None:
+        return peer[0] if peer else None
+    rule = svc.runtime.trust
+    name = rule.header.value.encode("latin-1")
+    values = [v.decode("latin-1") for n, v in scope["headers"] if n == name]
+    found = rule.client_ip(peer[0] if peer else None, values)
+    return None if found is None else str(found)
 
 
 async def _publish(shared: SharedMetrics, metrics: Metrics) -> None:

@@ -16,6 +16,7 @@ from georouter.core.clientip import IPAddress, parse_address
 from georouter.core.decision import Decision
 from georouter.core.ratelimit import client_key
 from georouter.errors import ApiError, NewSessionRefused
+from georouter.http.accesslog import note_decision
 from georouter.http.common import (
     JSON,
     Services,
@@ -187,6 +188,8 @@ async def route_one(scope: Scope, receive: Receive, send: Send) -> None:
         svc, rt, request, client, session_id, client_is_peer=raw_ip is None
     )
     status = 200 if decision.cluster is not None else 503
+    cluster = decision.cluster.name if decision.cluster is not None else None
+    note_decision(scope, decision.reason, cluster, decision.session)
     await send_json(send, status, decision.as_json(explain=explain))
 
 

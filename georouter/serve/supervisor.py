@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from georouter.config import Config
+from georouter.http.accesslog import AccessLogFormat
 from georouter.http.app import create_app
 from georouter.http.common import Drain
 from georouter.http.reload import ConfigFile, Reloader, ReloadRequests, file_stamp
@@ -110,6 +111,7 @@ def serve_edge(
     board: HealthBoard | None = None,
     on_started: Callable[[], None] | None = None,
     shared_metrics: SharedMetrics | None = None,
+    access_log: AccessLogFormat = AccessLogFormat.OFF,
 ) -> None:
     """Serve one edge process until SIGTERM/SIGINT (draining ``drain_s`` first);
     SIGHUP reloads ``config_file``. A worker reads health from ``board``; without
@@ -133,6 +135,7 @@ def serve_edge(
             reload_everywhere=None if board is None else _hangup_parent,
             on_started=on_started,
             shared_metrics=shared_metrics,
+            access_log=access_log,
         )
         await serve(app, sock, stop, kind=kind, limits=config.limits, drain=drain, drain_s=drain_s)
 
@@ -156,9 +159,11 @@ class Supervisor:
         drain_s: float = 0.0,
         config_file: ConfigFile | None = None,
         on_started: Callable[[], None] | None = None,
+        access_log: AccessLogFormat = AccessLogFormat.OFF,
     ) -> None:
         self.config = config
         self.drain_s = drain_s
+        self.access_log = access_log
         # The supervisor follows the file too (quietly; its children log), so a
         # child started later (a replacement) starts from what the edge serves now.
         self.reloader = (
@@ -228,6 +233,7 @@ class Supervisor:
                     shared_metrics=SharedMetrics(
                         self.metrics_board, int(role.removeprefix("worker-"))
                     ),
+                    access_log=self.access_log,
                 )
         except BaseException:
             log.exception("%s failed", role)

@@ -8,12 +8,15 @@ enforces it, see pyproject.toml)::
 
     cli             the `georouter` command: check, serve, route, demo
     demo/           run: stand-in clusters + an edge on one machine; standin: a cluster
-    serve/          server: Hypercorn or Uvicorn on a socket we bind; supervisor: N
-                    workers + 1 prober process
+    serve/          server: Hypercorn or Uvicorn on a socket we bind (header deadlines,
+                    drain); supervisor: one edge process (serve_edge), or N workers +
+                    1 prober process
     http/           app: the ASGI app, its lifespan owns every service, GET /v1/route
                     bypasses Starlette; routing: the routing API; status: clusters,
-                    healthz, readyz, metrics, OpenAPI; admin: session admin;
-                    common: what handlers share; openapi: the API description
+                    healthz, readyz, metrics, OpenAPI; admin: session and config admin,
+                    lockout; limits: [limits] for every request; accesslog: a line per
+                    request; reload: clusters.toml re-read and swapped whole; common:
+                    what handlers share; openapi (+ openapi_parts): the API description
     router          locate -> rank -> resolve the session: plain orchestration
     runtime         the runtime snapshot: config + everything derived from it, one
                     value per request, swapped whole (``Router.swap``)
@@ -28,11 +31,14 @@ enforces it, see pyproject.toml)::
                     clients, embedded (the private redis-server), nearcache,
                     outage, ids (session ids, signed cookies);
                     geoip: database (MaxMind DB lookups, cached per network);
-                    probes: active (health probes), board (health shared by workers)
-    core/           pure: clientip, location, health (transitions), pin (the pin
-                    value and the pin rule), breaker, policy (ranking), decision
+                    probes: active (health probes), board (health shared by workers);
+                    metricsboard: counters shared by workers
+    core/           pure: clientip, location, health (transitions, failure window),
+                    pin (the pin value and the pin rule), breaker, policy (ranking),
+                    decision, ratelimit (per-address budgets)
     config/         model (frozen dataclasses), parse (clusters.toml, every problem
-                    with its key path), redisurl
+                    with its key path), values (the checks of one value), diff (what a
+                    new file changes), redisurl
     metrics         counters and their Prometheus text
     errors          the one exception tree
 
@@ -40,7 +46,7 @@ The core imports no I/O library, no clock, no randomness: it takes plain values
 and returns plain values, so most tests are tables of cases. Where a feature
 lands: the data path in a ``proxy`` package beside ``http``; passive health in
 ``probes``; traffic policy (residency, bias, spill, failback) as modules of
-``core``; hot reload beside ``runtime``.
+``core``.
 """
 
 __version__ = "0.1.0"

@@ -36,9 +36,9 @@ enforces it, see pyproject.toml)::
     core/           pure: clientip, location, health (transitions, failure window),
                     pin (the pin value and the pin rule), breaker, policy (ranking),
                     decision, ratelimit (per-address budgets)
-    config/         model (frozen dataclasses), parse (clusters.toml, every problem
-                    with its key path), values (the checks of one value), diff (what a
-                    new file changes), redisurl
+    config/         model (frozen dataclasses), files (reading clusters.toml), parse
+                    (every problem with its key path), values (the checks of one
+                    value), diff (what a new file changes), redisurl
     metrics         counters and their Prometheus text
     errors          the one exception tree
 

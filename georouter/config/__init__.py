@@ -6,6 +6,7 @@ names below are the package's interface; nothing else reads TOML.
 """
 
 from georouter.config.diff import ConfigChange, compare
+from georouter.config.files import load, load_version
 from georouter.config.model import (
     ClientIpHeader,
     Cluster,
@@ -18,7 +19,7 @@ from georouter.config.model import (
     SessionSettings,
     SessionSource,
 )
-from georouter.config.parse import load, load_version, parse
+from georouter.config.parse import parse
 
 __all__ = [
     "ClientIpHeader",

@@ -79,8 +79,9 @@ class Router:
     ) -> Decision:
         """The decision for the ranking's choice (nearest, fallback, failover)."""
         if ranking.chosen_at is None:
-            self._decisions[("none", "")] += 1
-            return Decision(None, ranking.reason, client_ip, location, None, ranking, session)
+            # The answer, its log line and its metric say the same: no cluster.
+            self._decisions[(Reason.NONE, "")] += 1
+            return Decision(None, Reason.NONE, client_ip, location, None, ranking, session)
         cluster, distance = ranking.order[ranking.chosen_at]
         reason = reason or ranking.reason
         self._decisions[(reason, cluster.name)] += 1

@@ -164,6 +164,8 @@ async def test_no_routable_cluster_is_a_503_with_a_json_reason(
     body = r.json()
     assert body["error"] == "no_routable_cluster"
     assert body["cluster"] is None
+    # Not "nearest": the answer, the metric and the API description agree.
+    assert body["reason"] == "none"
     assert "5 down" in body["message"]
 
 

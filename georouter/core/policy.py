@@ -22,13 +22,16 @@ EARTH_RADIUS_KM = 6371.0088
 
 
 class Reason(StrEnum):
-    """Why a decision named its cluster. The policy itself answers only ``nearest``
-    or ``fallback``; ``sticky`` and ``failover`` come from the session map."""
+    """Why a decision named its cluster, or named none. The policy orders by
+    ``nearest`` or ``fallback``; ``sticky`` and ``failover`` come from the session
+    map; ``none`` is a decision without a cluster."""
 
     NEAREST = "nearest"
     FALLBACK = "fallback"
     STICKY = "sticky"
     FAILOVER = "failover"
+    # No cluster could take the client (every one is down): the answer is a 503.
+    NONE = "none"
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

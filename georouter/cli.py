@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.resources
 import importlib.util
 import json
 import logging
@@ -289,9 +290,20 @@ def cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_config_path(value: str | None) -> Path:
+    """The demo's config: as for the other commands, else (outside a checkout) the
+    example that ships inside the package, so the embedded defaults just work."""
+    path = _config_path(value)
+    if value or os.environ.get("GEOROUTER_CONFIG") or path.exists():
+        return path
+    shipped = Path(str(importlib.resources.files("georouter.demo") / "clusters.toml"))
+    print(f"georouter: no ./{DEFAULT_CONFIG} here; using the example {shipped}", file=sys.stderr)
+    return shipped
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     configure_logging("warning")
-    path = _config_path(args.config)
+    path = _demo_config_path(args.config)
     try:
         config = load_checked(path).config
     except ConfigError as exc:

@@ -229,3 +229,17 @@ def test_serve_says_listening_only_once_it_can_answer(
     assert result.returncode != 0
     assert "listening on" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_outside_a_checkout_on_the_example_it_ships(tmp_path: Path) -> None:
+    result = run("demo", "--once", "--listen", "127.0.0.1:0", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "using the example" in result.stderr
+    assert "eu-west" in result.stdout
+
+
+def test_the_shipped_example_is_the_repositorys_clusters_toml() -> None:
+    shipped = REPO / "georouter" / "demo" / "clusters.toml"
+    assert shipped.read_bytes() == (REPO / "clusters.toml").read_bytes(), (
+        "georouter/demo/clusters.toml is a copy of clusters.toml: copy it again"
+    )

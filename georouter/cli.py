@@ -95,12 +95,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{path}: ok: {len(config.clusters)} clusters, fallback {config.router.fallback}")
     built = time.strftime("%Y-%m-%d", time.gmtime(info.build_epoch))
     print(f"GeoIP: {info.database_type} built {built} ({info.path})")
+    _warn_if_stale(info)
+    return 0
+
+
+def _warn_if_stale(info: DatabaseInfo) -> None:
+    # On stderr, as every warning: stdout is the command's answer.
     if info.stale:
         print(
             f"warning: the GeoIP database is {info.age_days:.0f} days old;"
-            " install a current GeoIP2/GeoLite2 City database for accurate locations"
+            " install a current GeoIP2/GeoLite2 City database for accurate locations",
+            file=sys.stderr,
         )
-    return 0
 
 
 def _diff(old_path: Path, new_path: Path) -> int:
@@ -274,6 +280,7 @@ def cmd_route(args: argparse.Namespace) -> int:
     try:
         router = Router(Runtime.of(config), locator=db, health=AssumeAllUp(), metrics=Metrics())
         decisions = [router.decide(ip).as_json(explain=args.explain) for ip in args.addresses]
+        _warn_if_stale(db.info)
     finally:
         db.close()
     if args.json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -135,8 +136,12 @@ def test_route_prints_a_table_for_several_addresses(write_config: Callable[[str]
     assert result.returncode == 0, result.stderr
     rows = result.stdout.splitlines()
     assert rows[0].split() == ["CLIENT", "WHERE", "COUNTRY", "CLUSTER", "DISTANCE", "REASON"]
-    assert rows[1].split()[:3] == ["81.2.69.1", "GB", "eu-west"]
-    assert rows[2].split()[:3] == ["10.0.0.1", "-", "us-east"]
+    located = rows[1].split()
+    assert located[0] == "81.2.69.1"
+    # WHERE: where the database puts the address (it used to stay empty).
+    assert re.fullmatch(r"-?\d+\.\d\d,-?\d+\.\d\d", located[1]), located
+    assert located[2:4] == ["GB", "eu-west"]
+    assert rows[2].split()[:4] == ["10.0.0.1", "-", "-", "us-east"]
     assert "nearest routable cluster" in result.stdout
 
 
@@ -243,3 +248,12 @@ def test_the_shipped_example_is_the_repositorys_clusters_toml() -> None:
     assert shipped.read_bytes() == (REPO / "clusters.toml").read_bytes(), (
         "georouter/demo/clusters.toml is a copy of clusters.toml: copy it again"
     )
+
+
+def test_route_and_check_warn_of_a_stale_database_on_stderr() -> None:
+    # The bundled GeoLite2 snapshot is years old: both say so, on stderr only.
+    for args in (("check",), ("route", "81.2.69.142")):
+        result = run(*args)
+        assert result.returncode == 0, result.stderr
+        assert "warning: the GeoIP database is" in result.stderr
+        assert "warning" not in result.stdout

@@ -53,6 +53,15 @@ def with_standins(config: Config, standins: dict[str, StandIn]) -> Config:
     return dataclasses.replace(config, clusters=clusters)
 
 
+def _coordinates(location: object) -> str:
+    if not isinstance(location, dict):
+        return "-"
+    lat, lon = location.get("lat"), location.get("lon")
+    if not isinstance(lat, int | float) or not isinstance(lon, int | float):
+        return "-"
+    return f"{lat:.2f},{lon:.2f}"
+
+
 def format_table(rows: list[dict[str, object]], places: dict[str, str]) -> str:
     header = ("CLIENT", "WHERE", "COUNTRY", "CLUSTER", "DISTANCE", "REASON")
     lines = [header]
@@ -61,10 +70,13 @@ def format_table(rows: list[dict[str, object]], places: dict[str, str]) -> str:
         country = loc.get("country") if isinstance(loc, dict) else None
         dist = d.get("distance_km")
         ip = str(d.get("client_ip"))
+        # A place's name where the caller knows one (the demo), else where the
+        # database puts the address.
+        where = places.get(ip) or _coordinates(loc)
         lines.append(
             (
                 ip,
-                places.get(ip, ""),
+                where,
                 str(country or "-"),
                 str(d.get("cluster") or "-"),
                 f"{dist:,.0f} km" if isinstance(dist, int | float) else "-",

@@ -9,7 +9,6 @@ import importlib.util
 import json
 import logging
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from georouter.serve.server import (
     configure_logging,
     url_of,
 )
-from georouter.serve.supervisor import Supervisor, serve_edge
+from georouter.serve.supervisor import EdgeOptions, Supervisor, serve_edge
 from georouter.sessions.clients import check_target
 from georouter.sessions.embedded import EmbeddedRedis
 from georouter.sessions.ids import CookieSigner
@@ -174,9 +173,6 @@ def session_backend(config: Config, *, state_dir: Path | None = None) -> Iterato
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    # SIGHUP means "reload" once serving; until then (imports, GeoIP, the embedded
-    # Redis) it must not end the edge, as its default action would.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(args.log_level)
     path = _config_path(args.config)
     stamp = file_stamp(path)
@@ -216,31 +212,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         with session_backend(config) as ready:
-            if args.workers > 1:
-                return Supervisor(
-                    ready,
-                    sock,
-                    workers=args.workers,
-                    kind=kind,
-                    admin_token=admin_token,
-                    signer=signer,
-                    drain_s=args.drain_s,
-                    config_file=config_file,
-                    on_started=announce,
-                    access_log=access_log,
-                ).run()
-
-            serve_edge(
-                ready,
-                sock,
+            options = EdgeOptions(
                 kind=kind,
                 admin_token=admin_token,
                 signer=signer,
                 drain_s=args.drain_s,
-                config_file=config_file,
-                on_started=announce,
                 access_log=access_log,
             )
+            if args.workers > 1:
+                return Supervisor(
+                    ready,
+                    sock,
+                    options,
+                    workers=args.workers,
+                    config_file=config_file,
+                    on_started=announce,
+                ).run()
+            serve_edge(ready, sock, options, config_file=config_file, on_started=announce)
     except EmbeddedRedisError as exc:
         print(f"georouter: sessions: {exc}", file=sys.stderr)
         return 1

@@ -50,8 +50,16 @@ def make_edge(tmp_path: Path) -> Iterator[Callable[..., Edge]]:
     """Start real `georouter serve` processes; each is stopped (SIGTERM) after the test."""
     edges: list[Edge] = []
 
-    def make(config_path: Path, *, ready: bool = True, args: tuple[str, ...] = ()) -> Edge:
-        edge = start_edge(config_path, tmp_path / f"edge-{len(edges)}.log", ready=ready, args=args)
+    def make(
+        config_path: Path,
+        *,
+        ready: bool = True,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> Edge:
+        edge = start_edge(
+            config_path, tmp_path / f"edge-{len(edges)}.log", ready=ready, args=args, env=env
+        )
         edges.append(edge)
         return edge
 

@@ -88,6 +88,16 @@ async def ready_now(client: httpx.AsyncClient) -> bool:
     return (await client.get("/readyz")).status_code == 200
 
 
+class SecondsClock:
+    """Monotonic seconds that move only when the test moves them (``now += 1``)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def pace(seconds: float) -> None:
     """A slow client or cluster on purpose (a trickle, a slowloris, a held fault)
     waits between its steps. That is the attack's pace, not a wait for a condition
@@ -183,11 +193,12 @@ def start_edge(
     ready: bool = True,
     args: tuple[str, ...] = (),
     prefix: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> Edge:
     """Start `georouter serve` on a free port; wait until it listens (and is ready).
 
     ``args`` are more `serve` arguments; ``prefix`` goes before the command
-    (e.g. ``taskset -c 0``).
+    (e.g. ``taskset -c 0``); ``env`` adds to its environment (secrets).
     """
     log_file = log_path.open("wb")
     command = georouter_command(
@@ -197,7 +208,7 @@ def start_edge(
         [*prefix, *command],
         stdout=log_file,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     log_file.close()
 

@@ -26,6 +26,7 @@ from tests.harness import (
     FAST_HEALTH,
     TEST_CITY_DB,
     Edge,
+    SecondsClock,
     cluster_entries,
     config_text,
     ready_now,
@@ -63,22 +64,12 @@ def make_config(
     return dataclasses.replace(config, limits=limits)
 
 
-class Clock:
-    """Monotonic seconds that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @asynccontextmanager
 async def serving(
-    config: Config, *peers: str, clock: Clock | None = None
+    config: Config, *peers: str, clock: SecondsClock | None = None
 ) -> AsyncIterator[list[httpx.AsyncClient]]:
     """One app; one client per peer address."""
-    app = create_app(config, admin_token=TOKEN, monotonic=clock or Clock())
+    app = create_app(config, admin_token=TOKEN, monotonic=clock or SecondsClock())
     async with LifespanManager(app) as manager:
         clients = [
             httpx.AsyncClient(
@@ -100,7 +91,7 @@ async def test_after_n_wrong_tokens_even_the_right_one_is_429_until_the_window_p
     standins: dict[str, StandIn], redis_server: RedisServer
 ) -> None:
     config = make_config(standins, redis_server.url, lockout_s=1.0)
-    clock = Clock()
+    clock = SecondsClock()
     async with serving(config, "198.51.100.7", "198.51.100.8", clock=clock) as (attacker, other):
         guesses = [await attacker.get("/v1/sessions/s1", headers=WRONG) for _ in range(LIMIT)]
         locked = await attacker.get("/v1/sessions/s1", headers=RIGHT)

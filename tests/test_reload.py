@@ -211,44 +211,39 @@ def test_the_admin_api_reloads_and_says_what_a_file_would_change(
     standins: dict[str, StandIn],
     redis_server: RedisServer,
     write_config: Callable[[str], Path],
-    tmp_path: Path,
+    make_edge: Callable[..., Edge],
 ) -> None:
-    from tests.test_request_hardening import _edge_with_env
-
     path = write_config(text(standins, ("us-west", "eu-west"), redis_server))
-    edge = _edge_with_env(path, tmp_path, GEOROUTER_ADMIN_TOKEN=TOKEN)
+    edge = make_edge(path, env={"GEOROUTER_ADMIN_TOKEN": TOKEN})
     auth = {"authorization": f"Bearer {TOKEN}"}
-    try:
-        before = edge.get("/v1/config", headers=auth).json()
-        assert before["version"] == version(edge)
-        assert edge.client.post("/v1/config/reload").status_code == 401
+    before = edge.get("/v1/config", headers=auth).json()
+    assert before["version"] == version(edge)
+    assert edge.client.post("/v1/config/reload").status_code == 401
 
-        path.write_text(text(standins, ("eu-west", "ap-northeast"), redis_server))
-        dry = edge.client.post("/v1/config/reload", params={"dry_run": "1"}, headers=auth)
-        assert dry.status_code == 200
-        assert dry.json()["dry_run"] is True
-        assert dry.json()["change"]["clusters_added"] == ["ap-northeast"]
-        assert dry.json()["change"]["clusters_removed"] == ["us-west"]
-        assert routed(edge, TOKYO) == "us-west"  # a dry run changes nothing
+    path.write_text(text(standins, ("eu-west", "ap-northeast"), redis_server))
+    dry = edge.client.post("/v1/config/reload", params={"dry_run": "1"}, headers=auth)
+    assert dry.status_code == 200
+    assert dry.json()["dry_run"] is True
+    assert dry.json()["change"]["clusters_added"] == ["ap-northeast"]
+    assert dry.json()["change"]["clusters_removed"] == ["us-west"]
+    assert routed(edge, TOKYO) == "us-west"  # a dry run changes nothing
 
-        done = edge.client.post("/v1/config/reload", headers=auth)
-        assert (done.status_code, done.json()["result"]) == (200, "ok")
-        assert routed(edge, TOKYO) == "ap-northeast" or wait_for(
-            lambda: routed(edge, TOKYO) == "ap-northeast", timeout_s=10, what="probed"
-        )
-        again = edge.client.post("/v1/config/reload", headers=auth).json()
-        assert again["result"] == "unchanged"
+    done = edge.client.post("/v1/config/reload", headers=auth)
+    assert (done.status_code, done.json()["result"]) == (200, "ok")
+    assert routed(edge, TOKYO) == "ap-northeast" or wait_for(
+        lambda: routed(edge, TOKYO) == "ap-northeast", timeout_s=10, what="probed"
+    )
+    again = edge.client.post("/v1/config/reload", headers=auth).json()
+    assert again["result"] == "unchanged"
 
-        path.write_text("[[clusters]]\nname = 1\n")
-        bad = edge.client.post("/v1/config/reload", headers=auth)
-        assert bad.status_code == 422
-        assert bad.json()["result"] == "invalid"
-        assert any("clusters[0].name" in p for p in bad.json()["problems"])
-        status = edge.get("/v1/config", headers=auth).json()
-        assert status["version"] == done.json()["version"]
-        assert status["last_reload"]["result"] == "invalid"
-    finally:
-        edge.stop()
+    path.write_text("[[clusters]]\nname = 1\n")
+    bad = edge.client.post("/v1/config/reload", headers=auth)
+    assert bad.status_code == 422
+    assert bad.json()["result"] == "invalid"
+    assert any("clusters[0].name" in p for p in bad.json()["problems"])
+    status = edge.get("/v1/config", headers=auth).json()
+    assert status["version"] == done.json()["version"]
+    assert status["last_reload"]["result"] == "invalid"
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -349,29 +344,20 @@ def test_an_admin_reload_asked_of_one_worker_reloads_every_process(
     standins: dict[str, StandIn],
     redis_server: RedisServer,
     write_config: Callable[[str], Path],
-    tmp_path: Path,
+    make_edge: Callable[..., Edge],
 ) -> None:
-    from tests.harness import start_edge
-
     path = write_config(text(standins, ("us-west", "eu-west"), redis_server))  # no file watch
-    os.environ["GEOROUTER_ADMIN_TOKEN"] = TOKEN
-    try:
-        edge = start_edge(path, tmp_path / "workers.log", args=("--workers", "2"))
-    finally:
-        del os.environ["GEOROUTER_ADMIN_TOKEN"]
-    try:
-        path.write_text(text(standins, ("us-west", "eu-west", "ap-northeast"), redis_server))
-        answer = httpx.post(
-            edge.url + "/v1/config/reload", headers={"authorization": f"Bearer {TOKEN}"}
-        )
-        assert answer.json()["result"] == "ok"
-        wait_for(
-            lambda: _all_workers_route(edge, TOKYO, "ap-northeast"),
-            timeout_s=10,
-            what="every worker and the prober",
-        )
-    finally:
-        edge.stop()
+    edge = make_edge(path, args=("--workers", "2"), env={"GEOROUTER_ADMIN_TOKEN": TOKEN})
+    path.write_text(text(standins, ("us-west", "eu-west", "ap-northeast"), redis_server))
+    answer = httpx.post(
+        edge.url + "/v1/config/reload", headers={"authorization": f"Bearer {TOKEN}"}
+    )
+    assert answer.json()["result"] == "ok"
+    wait_for(
+        lambda: _all_workers_route(edge, TOKYO, "ap-northeast"),
+        timeout_s=10,
+        what="every worker and the prober",
+    )
 
 
 def test_a_sighup_during_start_up_does_not_end_the_edge(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import signal
 import socket
@@ -29,7 +28,6 @@ from tests.harness import (
     cluster_entries,
     config_text,
     pace,
-    start_edge,
     wait_for,
 )
 from tests.redis_harness import RedisServer
@@ -400,60 +398,41 @@ def test_with_signing_keys_unsigned_ids_from_any_source_create_no_keys(
     standins: dict[str, StandIn],
     redis_server: RedisServer,
     write_config: Callable[[str], Path],
-    tmp_path: Path,
+    make_edge: Callable[..., Edge],
 ) -> None:
     config = write_config(_config(standins, redis_server))
-    edge = _edge_with_env(config, tmp_path, GEOROUTER_SESSION_KEYS=KEYS)
-    try:
-        query = edge.get("/v1/route", params={"session": "unsigned-1"})
-        header = edge.get("/v1/route", headers={"x-session-id": "unsigned-2"})
-        cookie = edge.get("/v1/route", headers={"cookie": "georouter_session=unsigned-3"})
-        signed = CookieSigner((KEYS.encode(),)).sign("signed-1")
-        good = edge.get("/v1/route", params={"session": signed})
-        print(
-            f"\nunsigned: query {query.status_code}, header {header.status_code},"
-            f" cookie {cookie.status_code} (no session); signed: {good.status_code}"
-        )
-        assert query.status_code == 400
-        assert query.json()["parameter"] == "session"
-        assert header.status_code == 400
-        assert cookie.status_code == 200
-        assert "session" not in cookie.json()
-        assert good.status_code == 200
-        assert good.json()["session"]["id"] == "signed-1"
-        assert _session_keys(redis_server) == 1
-    finally:
-        edge.stop()
+    edge = make_edge(config, env={"GEOROUTER_SESSION_KEYS": KEYS})
+    query = edge.get("/v1/route", params={"session": "unsigned-1"})
+    header = edge.get("/v1/route", headers={"x-session-id": "unsigned-2"})
+    cookie = edge.get("/v1/route", headers={"cookie": "georouter_session=unsigned-3"})
+    signed = CookieSigner((KEYS.encode(),)).sign("signed-1")
+    good = edge.get("/v1/route", params={"session": signed})
+    print(
+        f"\nunsigned: query {query.status_code}, header {header.status_code},"
+        f" cookie {cookie.status_code} (no session); signed: {good.status_code}"
+    )
+    assert query.status_code == 400
+    assert query.json()["parameter"] == "session"
+    assert header.status_code == 400
+    assert cookie.status_code == 200
+    assert "session" not in cookie.json()
+    assert good.status_code == 200
+    assert good.json()["session"]["id"] == "signed-1"
+    assert _session_keys(redis_server) == 1
 
 
 def test_an_operator_may_accept_unsigned_ids_from_chosen_sources(
     standins: dict[str, StandIn],
     redis_server: RedisServer,
     write_config: Callable[[str], Path],
-    tmp_path: Path,
+    make_edge: Callable[..., Edge],
 ) -> None:
     text = _config(standins, redis_server).replace(
         "[sessions]\n", '[sessions]\nunsigned_sources = ["header"]\n'
     )
-    edge = _edge_with_env(write_config(text), tmp_path, GEOROUTER_SESSION_KEYS=KEYS)
-    try:
-        assert edge.get("/v1/route", headers={"x-session-id": "plain"}).status_code == 200
-        assert edge.get("/v1/route", params={"session": "plain"}).status_code == 400
-    finally:
-        edge.stop()
-
-
-def _edge_with_env(config: Path, tmp_path: Path, **env: str) -> Edge:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        return start_edge(config, tmp_path / f"edge-env-{time.monotonic_ns()}.log")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    edge = make_edge(write_config(text), env={"GEOROUTER_SESSION_KEYS": KEYS})
+    assert edge.get("/v1/route", headers={"x-session-id": "plain"}).status_code == 200
+    assert edge.get("/v1/route", params={"session": "plain"}).status_code == 400
 
 
 # -- graceful shutdown --------------------------------------------------------------

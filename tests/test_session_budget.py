@@ -15,21 +15,20 @@ from georouter.config import Config, LimitsSettings, SessionSource, parse
 from georouter.demo.standin import StandIn
 from georouter.http.app import create_app
 from georouter.sessions.ids import CookieSigner
-from tests.harness import FAST_HEALTH, TEST_CITY_DB, cluster_entries, ready_now, until_async
+from tests.harness import (
+    FAST_HEALTH,
+    TEST_CITY_DB,
+    SecondsClock,
+    cluster_entries,
+    ready_now,
+    until_async,
+)
 from tests.redis_harness import RedisServer
 
 pytestmark = pytest.mark.anyio
 
 SIGNER = CookieSigner((b"session-key-0123456789",))
 LONDON = "81.2.69.1"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -53,7 +52,7 @@ async def serving(
     config: Config, peer: str = "203.0.113.9", **options: object
 ) -> AsyncIterator[httpx.AsyncClient]:
     # A clock that stands still unless the test moves it: no token refills by itself.
-    options.setdefault("monotonic", Clock())
+    options.setdefault("monotonic", SecondsClock())
     app = create_app(config, **options)  # type: ignore[arg-type]
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app, client=(peer, 4711))
@@ -74,7 +73,7 @@ async def route(api: httpx.AsyncClient, session: str, **headers: str) -> httpx.R
 async def test_beyond_its_burst_an_address_gets_429_and_creates_no_key(
     config: Config, redis_server: RedisServer
 ) -> None:
-    clock = Clock()
+    clock = SecondsClock()
     async with serving(config, monotonic=clock) as api:
         made = [(await route(api, f"s{i}")).status_code for i in range(3)]
         refused = await route(api, "s3")

@@ -19,6 +19,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from georouter.config import Config
@@ -99,21 +100,28 @@ def _prober(config: Config, board: HealthBoard, config_file: ConfigFile | None) 
     run_loop(main)
 
 
+@dataclass(frozen=True, slots=True)
+class EdgeOptions:
+    """How every process of an edge serves: the command line and the environment."""
+
+    kind: ServerKind
+    admin_token: str | None
+    signer: CookieSigner | None
+    drain_s: float = 0.0
+    access_log: AccessLogFormat = AccessLogFormat.OFF
+
+
 def serve_edge(
     config: Config,
     sock: socket.socket,
+    options: EdgeOptions,
     *,
-    kind: ServerKind,
-    admin_token: str | None,
-    signer: CookieSigner | None,
-    drain_s: float,
     config_file: ConfigFile | None,
     board: HealthBoard | None = None,
     on_started: Callable[[], None] | None = None,
     shared_metrics: SharedMetrics | None = None,
-    access_log: AccessLogFormat = AccessLogFormat.OFF,
 ) -> None:
-    """Serve one edge process until SIGTERM/SIGINT (draining ``drain_s`` first);
+    """Serve one edge process until SIGTERM/SIGINT (draining ``options.drain_s`` first);
     SIGHUP reloads ``config_file``. A worker reads health from ``board``; without
     one, the process probes the clusters itself."""
 
@@ -125,8 +133,8 @@ def serve_edge(
         drain = Drain()
         app = create_app(
             config,
-            admin_token=admin_token,
-            signer=signer,
+            admin_token=options.admin_token,
+            signer=options.signer,
             health=board,
             drain=drain,
             config_file=config_file,
@@ -135,9 +143,17 @@ def serve_edge(
             reload_everywhere=None if board is None else _hangup_parent,
             on_started=on_started,
             shared_metrics=shared_metrics,
-            access_log=access_log,
+            access_log=options.access_log,
         )
-        await serve(app, sock, stop, kind=kind, limits=config.limits, drain=drain, drain_s=drain_s)
+        await serve(
+            app,
+            sock,
+            stop,
+            kind=options.kind,
+            limits=config.limits,
+            drain=drain,
+            drain_s=options.drain_s,
+        )
 
     run_loop(main)
 
@@ -151,19 +167,14 @@ class Supervisor:
         self,
         config: Config,
         sock: socket.socket,
+        options: EdgeOptions,
         *,
         workers: int,
-        kind: ServerKind,
-        admin_token: str | None,
-        signer: CookieSigner | None,
-        drain_s: float = 0.0,
         config_file: ConfigFile | None = None,
         on_started: Callable[[], None] | None = None,
-        access_log: AccessLogFormat = AccessLogFormat.OFF,
     ) -> None:
         self.config = config
-        self.drain_s = drain_s
-        self.access_log = access_log
+        self.options = options
         # The supervisor follows the file too (quietly; its children log), so a
         # child started later (a replacement) starts from what the edge serves now.
         self.reloader = (
@@ -176,9 +187,6 @@ class Supervisor:
         # Said by the first worker to start, once (not by its replacements).
         self._on_started = on_started
         self.workers = workers
-        self.kind = kind
-        self.admin_token = admin_token
-        self.signer = signer
         self.board = HealthBoard(config.clusters)
         self.metrics_board = MetricsBoard(workers)
         # One listening socket per worker: with a single shared socket the first
@@ -223,17 +231,13 @@ class Supervisor:
                 serve_edge(
                     self.config,
                     self.sockets[int(role.removeprefix("worker-"))],
+                    self.options,
                     board=self.board,
-                    kind=self.kind,
-                    admin_token=self.admin_token,
-                    signer=self.signer,
-                    drain_s=self.drain_s,
                     config_file=self.config_file,
                     on_started=self._on_started if role == "worker-0" else None,
                     shared_metrics=SharedMetrics(
                         self.metrics_board, int(role.removeprefix("worker-"))
                     ),
-                    access_log=self.access_log,
                 )
         except BaseException:
             log.exception("%s failed", role)
@@ -293,7 +297,7 @@ class Supervisor:
             if not self.stopping:
                 self._follow_file(time.monotonic())
             if self.stopping and stop_deadline is None:
-                stop_deadline = time.monotonic() + self.drain_s + _STOP_GRACE_S
+                stop_deadline = time.monotonic() + self.options.drain_s + _STOP_GRACE_S
             if (
                 self.stopping
                 and not prober_told

@@ -7,6 +7,8 @@ top to bottom; a module imports only from layers below it (``import-linter``
 enforces it, see pyproject.toml)::
 
     cli             the `georouter` command: check, serve, route, demo
+    cli_standin     `georouter standin NAME`: one stand-in cluster as a process (Compose)
+    cli_diff        check --diff: what a reload would move (http.dryrun, sessions.census)
     demo/           run: stand-in clusters + an edge on one machine; standin: a cluster
     serve/          server: Hypercorn or Uvicorn on a socket we bind (header deadlines,
                     drain); supervisor: one edge process (serve_edge), or N workers +

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -17,13 +18,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from georouter import __version__
-from georouter.config import Config, compare, load, load_version
+from georouter import __version__, cli_diff, cli_geodata, cli_standin
+from georouter.config import Config, RouterMode, load, load_version
 from georouter.config.redisurl import RedisMode, RedisTarget
 from georouter.core.clientip import IPAddress, parse_address
 from georouter.demo import run as demo
 from georouter.errors import ConfigError, EmbeddedRedisError, ListenError, Problem, UsageError
 from georouter.geoip.database import DatabaseInfo, GeoDatabase
+from georouter.geoip.verify import verify_configured
 from georouter.http.accesslog import AccessLogFormat
 from georouter.http.reload import ConfigFile, file_stamp
 from georouter.metrics import Metrics
@@ -36,6 +38,7 @@ from georouter.serve.server import (
     url_of,
 )
 from georouter.serve.supervisor import EdgeOptions, Supervisor, serve_edge
+from georouter.sessions import keyfile
 from georouter.sessions.clients import check_target
 from georouter.sessions.embedded import EmbeddedRedis
 from georouter.sessions.ids import CookieSigner
@@ -68,6 +71,8 @@ def load_checked(path: Path) -> Checked:
     db = open_database(config)
     info = db.info
     db.close()
+    # The careful read too: geoip2's typed reader answers sample lookups.
+    verify_configured(config.geoip)
     if config.sessions.redis is not None:
         try:
             check_target(config.sessions.redis)
@@ -84,8 +89,13 @@ def _report(path: Path, exc: ConfigError) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    if args.diff:
-        return _diff(*(Path(p) for p in args.diff))
+    if args.diff or args.edge:
+        return cli_diff.run(
+            args,
+            load_new=lambda p: load_checked(p)[::2],
+            report=_report,
+            admin_token=lambda: _env_secrets()[0],
+        )
     path = _config_path(args.config)
     try:
         config, info, _ = load_checked(path)
@@ -108,38 +118,6 @@ def _warn_if_stale(info: DatabaseInfo) -> None:
         )
 
 
-def _diff(old_path: Path, new_path: Path) -> int:
-    """``check --diff OLD NEW``: what a reload from OLD to NEW would do (0: it would
-    apply; 1: NEW is invalid or changes keys that need a restart)."""
-    try:
-        old = load(old_path)
-    except ConfigError as exc:
-        return _report(old_path, exc)
-    try:
-        new = load_checked(new_path).config
-    except ConfigError as exc:
-        return _report(new_path, exc)
-    change = compare(old, new)
-    for label, names in (
-        ("clusters added", change.added),
-        ("clusters removed (their sessions fail over)", change.removed),
-        ("clusters moved (clients may now be nearer another)", change.moved),
-        ("clusters re-addressed", change.readdressed),
-        ("keys changed", change.changed),
-    ):
-        if names:
-            print(f"{label}: {', '.join(names)}")
-    if change.empty:
-        print("no change")
-    if change.needs_restart:
-        print(
-            f"needs a restart: {', '.join(change.needs_restart)} (a reload refuses the whole file)",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
-
-
 def _env_secrets() -> tuple[str | None, CookieSigner | None]:
     token = os.environ.get("GEOROUTER_ADMIN_TOKEN") or None
     if token is not None and len(token) < 16:
@@ -152,6 +130,22 @@ def _env_secrets() -> tuple[str | None, CookieSigner | None]:
         except ValueError as exc:
             raise UsageError(f"GEOROUTER_SESSION_KEYS: {exc}") from exc
     return token, signer
+
+
+def _own_signer(config: Config) -> CookieSigner | None:
+    """Proxy and redirect modes issue cookies: without keys, sign with a key of our own."""
+    if config.router.mode is RouterMode.API:
+        return None
+    try:
+        key = keyfile.load_or_create(config.sessions.state_dir)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"sessions.state_dir: cannot keep a session key: {exc}") from exc
+    log.warning(
+        "session cookies signed with this edge's own key (%s): edges that share sessions"
+        " need the same GEOROUTER_SESSION_KEYS",
+        config.sessions.state_dir / keyfile.KEY_FILE,
+    )
+    return CookieSigner((key,))
 
 
 @contextmanager
@@ -187,7 +181,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     try:
         admin_token, signer = _env_secrets()
+        signer = signer or _own_signer(config)
         sock = ListenAddress.parse(args.listen).bind(reuse_port=args.workers > 1)
+        admin_sock = _admin_socket(args, config)
     except ListenError as exc:
         print(f"georouter: --listen: {exc}", file=sys.stderr)
         return 2
@@ -204,11 +200,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     log.info("serving %d clusters from %s with %s", len(config.clusters), path, kind.value)
     url = url_of(sock)
+    # Read now: the server takes the sockets over (and their descriptors) as it starts.
+    admin_url = None if admin_sock is None else url_of(admin_sock)
 
     def announce() -> None:
         # Printed whatever the log level, once the edge can answer (its Redis and its
         # app started; the socket already queues connections): scripts wait for it.
         print(f"georouter: listening on {url}", file=sys.stderr, flush=True)
+        if admin_url is not None:
+            print(f"georouter: admin endpoints on {admin_url}", file=sys.stderr, flush=True)
 
     try:
         with session_backend(config) as ready:
@@ -227,12 +227,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     workers=args.workers,
                     config_file=config_file,
                     on_started=announce,
+                    admin_sock=admin_sock,
                 ).run()
-            serve_edge(ready, sock, options, config_file=config_file, on_started=announce)
+            serve_edge(
+                ready,
+                sock,
+                options,
+                config_file=config_file,
+                on_started=announce,
+                admin_sock=admin_sock,
+            )
     except EmbeddedRedisError as exc:
         print(f"georouter: sessions: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _admin_socket(args: argparse.Namespace, config: Config) -> socket.socket | None:
+    """The admin listener of ``--admin-listen`` (else ``[router] admin_listen``), if any."""
+    text = args.admin_listen or config.router.admin_listen
+    if text is None:
+        return None
+    if config.router.mode is RouterMode.API:
+        raise UsageError('--admin-listen: only in proxy and redirect modes (mode = "api" here)')
+    try:
+        return ListenAddress.parse(text).bind(reuse_port=args.workers > 1)
+    except ListenError as exc:
+        raise UsageError(f"--admin-listen: {exc}") from exc
 
 
 def _drain_seconds(text: str) -> float:
@@ -332,12 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate a configuration and its GeoIP database")
     p.add_argument("--config", metavar="PATH", help=config_help)
-    p.add_argument(
-        "--diff",
-        nargs=2,
-        metavar=("OLD", "NEW"),
-        help="say what reloading NEW over OLD would change, and whether a reload can apply it",
-    )
+    cli_diff.add_arguments(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("serve", help="run an edge")
@@ -347,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         default=DEFAULT_LISTEN,
         help=f"address to serve on (default {DEFAULT_LISTEN}; port 0: any free port)",
+    )
+    p.add_argument(
+        "--admin-listen",
+        metavar="HOST:PORT",
+        help="proxy and redirect modes: the router's own endpoints on this address alone"
+        " (default [router] admin_listen; unset: under [router] api_prefix)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument(
@@ -394,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--once", action="store_true", help="print the table and exit")
     p.set_defaults(func=cmd_demo)
+    cli_standin.register(sub)
+    cli_geodata.register(sub, config_path=_config_path, config_help=config_help)
     return parser
 
 

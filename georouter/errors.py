@@ -4,6 +4,7 @@
     ├── ConfigError            the configuration (or a file it names) is invalid;
     │                          carries every problem, each with its key path
     ├── GeoDatabaseError       a GeoIP database cannot be opened or is not City/Country
+    │   └── GeoUpdateError     a database download failed (HTTP, checksum, archive)
     ├── StoreUnavailable       the session store (Redis) did not answer in time
     ├── EmbeddedRedisError     the private redis-server could not be started
     ├── ListenError            a listen address cannot be parsed or bound
@@ -46,6 +47,10 @@ class ConfigError(GeorouterError):
 
 class GeoDatabaseError(GeorouterError):
     """A GeoIP database file cannot be used."""
+
+
+class GeoUpdateError(GeoDatabaseError):
+    """A new GeoIP database could not be downloaded or installed; the installed one stays."""
 
 
 class StoreUnavailable(GeorouterError):

@@ -65,6 +65,27 @@ class Router:
             ("reason", "cluster"),
         ).values
 
+    async def move(
+        self, client_ip: IPAddress | None, session_id: str | None, cluster: str, runtime: Runtime
+    ) -> Decision:
+        """The decision to send a request to ``cluster`` because a cluster said so (a
+        replay hint): its session, if any, is pinned there."""
+        location = self._locator.lookup(client_ip) if client_ip is not None else None
+        ranking = runtime.rank(location, self._health.unroutable())
+        view = None
+        if session_id is not None and self._sessions is not None:
+            pin, _, degraded = await self._sessions.move(session_id, cluster)
+            view = SessionView(session_id, pin, degraded)
+        chosen = runtime.clusters[cluster]
+        distance = next((d for c, d in ranking.order if c is chosen), None)
+        self._decisions[(Reason.REPLAY, cluster)] += 1
+        return Decision(chosen, Reason.REPLAY, client_ip, location, distance, ranking, view)
+
+    async def learned(self, session_id: str, cluster: str) -> None:
+        """An id the application issued at ``cluster``: its later requests go there."""
+        if self._sessions is not None:
+            await self._sessions.move(session_id, cluster)
+
     def swap(self, runtime: Runtime) -> None:
         """Route every request that starts from now on with ``runtime``."""
         self.runtime = runtime
@@ -87,11 +108,21 @@ class Router:
         self._decisions[(reason, cluster.name)] += 1
         return Decision(cluster, reason, client_ip, location, distance, ranking, session)
 
-    def decide(self, client_ip: IPAddress | None, runtime: Runtime | None = None) -> Decision:
+    def decide(
+        self,
+        client_ip: IPAddress | None,
+        runtime: Runtime | None = None,
+        *,
+        avoid: Mapping[str, str] | None = None,
+    ) -> Decision:
         """The cluster for a client at ``client_ip`` with no session (None: no address)."""
         rt = runtime or self.runtime
         location = self._locator.lookup(client_ip) if client_ip is not None else None
-        return self._decision(client_ip, location, rt.rank(location, self._health.unroutable()))
+        return self._decision(client_ip, location, rt.rank(location, self._unroutable(avoid)))
+
+    def _unroutable(self, avoid: Mapping[str, str] | None) -> Mapping[str, str]:
+        unroutable = self._health.unroutable()
+        return {**unroutable, **avoid} if avoid else unroutable
 
     async def route(
         self,
@@ -100,17 +131,21 @@ class Router:
         runtime: Runtime | None = None,
         *,
         may_create: bool | Callable[[], bool] = True,
+        avoid: Mapping[str, str] | None = None,
     ) -> Decision:
         """The cluster for a client, keeping a session on the cluster it is pinned to.
 
         ``may_create=False``: a session with no pin raises ``NewSessionRefused``
         instead of being pinned (the caller's client is over its budget).
+        ``avoid``: clusters (and why) this request must not go to besides those
+        health rules out, such as one the data path just failed to reach; a
+        session pinned to one moves (``failover``).
         """
         if session_id is None or self._sessions is None:
-            return self.decide(client_ip, runtime)
+            return self.decide(client_ip, runtime, avoid=avoid)
         rt = runtime or self.runtime
         location = self._locator.lookup(client_ip) if client_ip is not None else None
-        unroutable = self._health.unroutable()
+        unroutable = self._unroutable(avoid)
         ranking = rt.rank(location, unroutable)
         chosen = ranking.chosen_at
         preferred = ranking.order[chosen][0].name if chosen is not None else None

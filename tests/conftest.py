@@ -56,9 +56,15 @@ def make_edge(tmp_path: Path) -> Iterator[Callable[..., Edge]]:
         ready: bool = True,
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        api_prefix: str = "",
     ) -> Edge:
         edge = start_edge(
-            config_path, tmp_path / f"edge-{len(edges)}.log", ready=ready, args=args, env=env
+            config_path,
+            tmp_path / f"edge-{len(edges)}.log",
+            ready=ready,
+            args=args,
+            env=env,
+            api_prefix=api_prefix,
         )
         edges.append(edge)
         return edge

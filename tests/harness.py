@@ -194,6 +194,7 @@ def start_edge(
     args: tuple[str, ...] = (),
     prefix: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    api_prefix: str = "",
 ) -> Edge:
     """Start `georouter serve` on a free port; wait until it listens (and is ready).
 
@@ -224,7 +225,8 @@ def start_edge(
         url = wait_for(listening, timeout_s=30, what="georouter serve to listen")
         edge = Edge(process, url, log_path)
         if ready:
-            wait_for(lambda: _status(edge, "/readyz") == 200, timeout_s=30, what=f"{url}/readyz")
+            ready_url = f"{api_prefix}/readyz"
+            wait_for(lambda: _status(edge, ready_url) == 200, timeout_s=30, what=url + ready_url)
     except BaseException:
         process.kill()
         process.wait()

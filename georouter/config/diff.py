@@ -15,10 +15,21 @@ from georouter.config.model import Config
 
 # Read per request from the runtime snapshot, so a reload takes them. Every
 # other [sessions] key shapes the Redis client or the session map, built once.
-RELOADABLE_SESSION_KEYS = frozenset({"cookie", "header", "unsigned_sources"})
+RELOADABLE_SESSION_KEYS = frozenset(
+    {"cookie", "header", "unsigned_sources", "query", "cookie_secure"}
+)
 # Built once at start: the GeoIP reader and its cache, the request limits and
 # the per-address budgets.
 RESTART_SECTIONS = ("geoip", "limits")
+# Read again at each turn by the GeoIP watcher and updater, so a reload takes them.
+RELOADABLE_GEOIP_KEYS = frozenset(
+    {"geoip.watch_s", "geoip.update_url", "geoip.update_sha256_url", "geoip.update_interval_h"}
+)
+# What the app and its one proxy client are built around: the rest of [router]
+# and [proxy] is read per request.
+RESTART_KEYS = frozenset(
+    {"router.mode", "router.api_prefix", "proxy.max_connections", "proxy.max_keepalive"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +74,7 @@ def compare(old: Config, new: Config) -> ConfigChange:
     after = {c.name: c for c in new.clusters}
     common = [n for n in after if n in before]
     changed: list[str] = []
-    for section in ("router", "health", "sessions", *RESTART_SECTIONS):
+    for section in ("router", "health", "sessions", "proxy", *RESTART_SECTIONS):
         changed += _changed_fields(section, getattr(old, section), getattr(new, section))
     if [c.name for c in old.clusters] != [c.name for c in new.clusters] and set(before) == set(
         after
@@ -73,7 +84,8 @@ def compare(old: Config, new: Config) -> ConfigChange:
     needs_restart = [
         key
         for key in changed
-        if key.split(".")[0] in RESTART_SECTIONS
+        if (key.split(".")[0] in RESTART_SECTIONS and key not in RELOADABLE_GEOIP_KEYS)
+        or key in RESTART_KEYS
         or (key.startswith("sessions.") and key.split(".")[1] not in RELOADABLE_SESSION_KEYS)
     ]
     return ConfigChange(

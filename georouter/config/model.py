@@ -36,9 +36,31 @@ class Cluster:
     health_url: str | None = None
 
 
+class RouterMode(StrEnum):
+    """What an edge does with a request: answer where it should go, or take it there."""
+
+    # The routing API only (`GET /v1/route`): the caller carries the request.
+    API = "api"
+    # Every request but the router's own is the application's, streamed to its cluster.
+    PROXY = "proxy"
+    # Every request but the router's own is answered 307 to its cluster.
+    REDIRECT = "redirect"
+
+
+# Where the router's own endpoints live in proxy and redirect modes, so they never
+# shadow an application path.
+DATA_PATH_API_PREFIX = "/_georouter"
+
+
 @dataclass(frozen=True, slots=True)
 class RouterSettings:
     fallback: str
+    mode: RouterMode = RouterMode.API
+    # "" in api mode; DATA_PATH_API_PREFIX unless set in proxy and redirect modes.
+    api_prefix: str = ""
+    # Proxy and redirect modes: the router's endpoints on an address of their own
+    # (HOST:PORT), and every request on the main one the application's.
+    admin_listen: str | None = None
     trusted_proxies: tuple[Network, ...] = ()
     client_ip_header: ClientIpHeader = ClientIpHeader.X_FORWARDED_FOR
     max_forwarded_hops: int = 20
@@ -53,6 +75,15 @@ class GeoipSettings:
     database: Path | None = None
     max_age_days: int = 30
     cache_networks: int = 65536
+    # How often a running edge looks for a new file at `database` (0: never); a new
+    # one is validated and swapped in without a restart.
+    watch_s: float = 5.0
+    # Where an edge downloads a fresh `database` from (a .mmdb, .mmdb.gz or .tar.gz)
+    # every `update_interval_h`, with the same code as `georouter geodata update`.
+    update_url: str | None = None
+    # A file whose first word is the download's SHA-256 (MaxMind's `.sha256`).
+    update_sha256_url: str | None = None
+    update_interval_h: float = 24.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +115,19 @@ class SessionSource(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class LearnedSource:
+    """An id the application issues (``cookie:JSESSIONID``, ``header:Mcp-Session-Id``):
+    pinned to the cluster whose response carried it, and followed on later requests."""
+
+    source: SessionSource
+    # A cookie's name as written; a header's in lower case.
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class SessionSettings:
     # None: `georouter serve` starts a private redis-server (the embedded default).
     redis: RedisTarget | None = None
@@ -93,6 +137,14 @@ class SessionSettings:
     max_ttl_s: float = 86400.0
     cookie: str = "georouter_session"
     header: str = "x-session-id"
+    # A query parameter that carries the session id on the data path (frameworks
+    # such as Seaside keep theirs in the URL); None: not read.
+    query: str | None = None
+    # The router's own cookie is `Secure` unless a plain-HTTP setup turns it off.
+    cookie_secure: bool = True
+    # Application-issued ids that keep a session on the cluster that issued them; with
+    # any set, the router issues no cookie of its own.
+    learn: tuple[LearnedSource, ...] = ()
     connect_timeout_s: float = 0.05
     command_timeout_s: float = 0.05
     pool_size: int = 64
@@ -133,6 +185,35 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """The data path in proxy mode: how requests reach a cluster, and what they may cost."""
+
+    # The client's Host header reaches the cluster (else the cluster URL's host).
+    preserve_host: bool = True
+    # Further clusters tried when one cannot be reached (before any request byte
+    # was sent, or for an idempotent request whose body is kept).
+    retries: int = 1
+    connect_timeout_s: float = 3.0
+    read_timeout_s: float = 60.0
+    write_timeout_s: float = 60.0
+    pool_timeout_s: float = 5.0
+    # Connections per edge process, all clusters together, and idle ones kept.
+    max_connections: int = 512
+    max_keepalive: int = 128
+    # The largest request body passed on (counted as it streams; chunked too).
+    max_body_bytes: int = 1 << 30
+    # The longest wait for the client's next body bytes (nginx's client_body_timeout);
+    # proxied bodies have no total deadline, so a big upload may take its time.
+    body_idle_s: float = 30.0
+    # A request body up to this size is kept, so a cluster's replay hint can send
+    # the request to another cluster (and a failed idempotent request be retried).
+    replay_body_bytes: int = 64 * 1024
+    # A WebSocket's handshake with its cluster, and the largest message relayed.
+    websocket_open_timeout_s: float = 10.0
+    websocket_max_message_bytes: int = 16 << 20
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     clusters: tuple[Cluster, ...]
     router: RouterSettings
@@ -140,3 +221,4 @@ class Config:
     health: HealthSettings = field(default_factory=HealthSettings)
     sessions: SessionSettings = field(default_factory=SessionSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)

@@ -8,19 +8,28 @@ every problem, each named by its key path (``clusters[2].lat: must be within
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from georouter.config.model import (
+    DATA_PATH_API_PREFIX,
     MAX_CLUSTERS,
     ClientIpHeader,
     Cluster,
     Config,
     Network,
+    RouterMode,
     RouterSettings,
 )
-from georouter.config.sections import parse_geoip, parse_health, parse_limits, parse_sessions
+from georouter.config.sections import (
+    parse_geoip,
+    parse_health,
+    parse_limits,
+    parse_proxy,
+    parse_sessions,
+)
 from georouter.config.values import (
     Invalid,
     Section,
@@ -29,6 +38,7 @@ from georouter.config.values import (
     cluster_name,
     count,
     http_url,
+    listen_address,
     networks,
     number,
     quoted,
@@ -111,8 +121,23 @@ def parse(document: Mapping[str, Any], *, base_dir: Path | None = None) -> Confi
                     " its own address; if every peer in it really is a proxy, set"
                     " trust_all_proxies = true",
                 )
+    mode = r.get("mode", choice(RouterMode), RouterMode.API)
+    data_path = mode is not RouterMode.API
+    api_prefix = r.get("api_prefix", _api_prefix, DATA_PATH_API_PREFIX if data_path else "")
+    if data_path and r.valid("mode", "api_prefix") and not api_prefix:
+        r.problem(
+            "api_prefix",
+            f"must not be empty in {mode} mode: the router's endpoints would shadow the"
+            f" application's paths (default {DATA_PATH_API_PREFIX!r})",
+        )
+    admin_listen = r.get("admin_listen", listen_address, None)
+    if admin_listen is not None and not data_path and r.valid("mode"):
+        r.problem("admin_listen", 'only in proxy and redirect modes (mode = "api" here)')
     router = RouterSettings(
         fallback=fallback,
+        mode=mode,
+        api_prefix=api_prefix,
+        admin_listen=admin_listen,
         trusted_proxies=trusted_proxies,
         client_ip_header=r.get(
             "client_ip_header", choice(ClientIpHeader), ClientIpHeader.X_FORWARDED_FOR
@@ -136,6 +161,9 @@ def parse(document: Mapping[str, Any], *, base_dir: Path | None = None) -> Confi
     limits = parse_limits(document.get("limits", {}), problems)
     top.seen.add("limits")
 
+    proxy = parse_proxy(document.get("proxy", {}), problems)
+    top.seen.add("proxy")
+
     top.finish()
     if problems:
         raise ConfigError(problems)
@@ -146,4 +174,17 @@ def parse(document: Mapping[str, Any], *, base_dir: Path | None = None) -> Confi
         health=health,
         sessions=sessions,
         limits=limits,
+        proxy=proxy,
     )
+
+
+def _api_prefix(value: Any) -> str | Invalid:
+    """ "" or a path of segments such as ``/_georouter``, without a trailing slash."""
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", value):
+        return Invalid(
+            "must be \"\" or a path such as '/_georouter' (segments of letters, digits,"
+            f" '.', '_', '~' or '-'; no trailing slash), not {quoted(str(value))}"
+        )
+    return value

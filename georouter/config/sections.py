@@ -7,15 +7,19 @@ section has been read, so one run reports every problem).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from georouter.config.model import (
     ClientIpHeader,
     GeoipSettings,
     HealthSettings,
+    LearnedSource,
     LimitsSettings,
+    ProxySettings,
     SessionSettings,
     SessionSource,
 )
@@ -24,6 +28,7 @@ from georouter.config.values import (
     HTTP_TOKEN,
     Invalid,
     Section,
+    boolean,
     choices,
     count,
     fmt,
@@ -52,13 +57,53 @@ def parse_geoip(table: Any, problems: list[Problem], base_dir: Path | None) -> G
             g.problem("database", found)
         else:
             db_path = found
+    update_url = g.get("update_url", _download_url, None)
+    update_sha256_url = g.get("update_sha256_url", _download_url, None)
+    if update_url is not None and db_path is None and g.valid("database"):
+        g.problem(
+            "update_url",
+            "needs geoip.database, the file to keep fresh (the bundled snapshot is never"
+            " overwritten)",
+        )
+    if update_sha256_url is not None and update_url is None and g.valid("update_url"):
+        g.problem("update_sha256_url", "is set without geoip.update_url")
     geoip = GeoipSettings(
         database=db_path,
         max_age_days=g.get("max_age_days", count(1, 36500), 30),
         cache_networks=g.get("cache_networks", count(0, 10_000_000), 65536),
+        watch_s=g.get("watch_s", number(0, 3600), 5.0),
+        update_url=update_url,
+        update_sha256_url=update_sha256_url,
+        # At least an hour: MaxMind publishes twice a week and limits daily downloads.
+        update_interval_h=g.get("update_interval_h", number(1, 8760), 24.0),
     )
     g.finish()
     return geoip
+
+
+def _download_url(value: Any) -> str | Invalid:
+    """An http(s) URL to download from; unlike a cluster's URL it may have a query
+    (``?suffix=tar.gz``), but never credentials, which come from the environment."""
+    if not isinstance(value, str):
+        return Invalid(f"must be a string, not {type_name(value)}")
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        return Invalid(f"is not a valid URL ({exc})")
+    if parts.scheme not in ("http", "https"):
+        return Invalid(f"must be an http:// or https:// URL, not {quoted(value)}")
+    if "@" in parts.netloc:
+        # Not echoed: the value holds a secret.
+        return Invalid(
+            "must not contain a user or password ('user:password@'); MaxMind's are read"
+            " from MAXMIND_ACCOUNT_ID and MAXMIND_LICENSE_KEY"
+        )
+    if not parts.hostname or port == 0:
+        return Invalid(f"has no host or port 0: {quoted(value)}")
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        return Invalid(f"must not contain whitespace or control characters: {quoted(value)}")
+    return value
 
 
 def parse_health(table: Any, problems: list[Problem]) -> HealthSettings:
@@ -236,6 +281,16 @@ def parse_sessions(
         max_ttl_s=max_ttl_s,
         cookie=s.get("cookie", matching(HTTP_TOKEN, "must be a cookie name"), defaults.cookie),
         header=s.get("header", _session_header(client_ip_header), defaults.header),
+        query=s.get(
+            "query",
+            matching(
+                r"[A-Za-z0-9._~-]{1,64}",
+                "must be a query parameter name (1-64 letters, digits, '.', '_', '~' or '-')",
+            ),
+            None,
+        ),
+        cookie_secure=s.get("cookie_secure", boolean, defaults.cookie_secure),
+        learn=s.get("learn", _learned_sources, defaults.learn),
         connect_timeout_s=s.get("connect_timeout_s", number(0.001, 60), 0.05),
         command_timeout_s=s.get("command_timeout_s", number(0.001, 60), 0.05),
         pool_size=s.get("pool_size", count(1, 10_000), defaults.pool_size),
@@ -249,6 +304,54 @@ def parse_sessions(
     )
     s.finish()
     return settings
+
+
+def parse_proxy(table: Any, problems: list[Problem]) -> ProxySettings:
+    p = Section(table, "proxy", problems)
+    d = ProxySettings()
+    max_connections = p.get("max_connections", count(1, 100_000), d.max_connections)
+    max_keepalive = p.get("max_keepalive", count(0, 100_000), d.max_keepalive)
+    if p.valid("max_connections", "max_keepalive") and max_keepalive > max_connections:
+        p.problem("max_keepalive", f"must be at most max_connections ({max_connections})")
+    settings = ProxySettings(
+        preserve_host=p.get("preserve_host", boolean, d.preserve_host),
+        retries=p.get("retries", count(0, 5), d.retries),
+        connect_timeout_s=p.get("connect_timeout_s", number(0.001, 600), d.connect_timeout_s),
+        read_timeout_s=p.get("read_timeout_s", number(0.001, 86400), d.read_timeout_s),
+        write_timeout_s=p.get("write_timeout_s", number(0.001, 86400), d.write_timeout_s),
+        pool_timeout_s=p.get("pool_timeout_s", number(0.001, 600), d.pool_timeout_s),
+        max_connections=max_connections,
+        max_keepalive=max_keepalive,
+        max_body_bytes=p.get("max_body_bytes", count(0, 1 << 50), d.max_body_bytes),
+        body_idle_s=p.get("body_idle_s", number(0.1, 86400), d.body_idle_s),
+        replay_body_bytes=p.get("replay_body_bytes", count(0, 64 << 20), d.replay_body_bytes),
+        websocket_open_timeout_s=p.get(
+            "websocket_open_timeout_s", number(0.01, 600), d.websocket_open_timeout_s
+        ),
+        websocket_max_message_bytes=p.get(
+            "websocket_max_message_bytes", count(1, 1 << 30), d.websocket_max_message_bytes
+        ),
+    )
+    p.finish()
+    return settings
+
+
+def _learned_sources(value: Any) -> tuple[LearnedSource, ...] | Invalid:
+    if not isinstance(value, list):
+        return Invalid(f"must be an array of strings, not {type_name(value)}")
+    found: list[LearnedSource] = []
+    for i, item in enumerate(value):
+        kind, _, name = item.partition(":") if isinstance(item, str) else ("", "", "")
+        if kind not in ("cookie", "header") or not re.fullmatch(HTTP_TOKEN, name):
+            shown = quoted(item) if isinstance(item, str) else type_name(item)
+            return Invalid(
+                f"[{i}] must be 'cookie:NAME' or 'header:NAME' (NAME an HTTP token), not {shown}"
+            )
+        source = LearnedSource(SessionSource(kind), name.lower() if kind == "header" else name)
+        if source in found:
+            return Invalid(f"[{i}] {quoted(item)} is listed twice")
+        found.append(source)
+    return tuple(found)
 
 
 def _local_cache_size(value: Any) -> int | Invalid:

@@ -142,6 +142,34 @@ key_prefix = matching(
 HTTP_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}"
 
 
+def host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (all interfaces); ValueError says why not."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"expected HOST:PORT, not {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    host = host or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ValueError(f"{host!r} is not an IP address") from None
+    if not (port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535):
+        raise ValueError(f"port must be 0..65535, not {port_text!r}")
+    return host, int(port_text)
+
+
+def listen_address(value: Any) -> str | Invalid:
+    if not isinstance(value, str):
+        return Invalid(f"must be a string HOST:PORT, not {type_name(value)}")
+    try:
+        host_port(value)
+    except ValueError as exc:
+        return Invalid(str(exc))
+    return value
+
+
 def real(value: Any) -> float | Invalid:
     """A TOML integer or float as a float (an integer too large for one is infinite)."""
     # bool is an int in Python; `lat = true` is a typo, not 1.0.

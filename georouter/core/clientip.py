@@ -210,9 +210,20 @@ class TrustRule:
     def client_ip(self, peer: str | None, header_lines: Sequence[str]) -> IPAddress | None:
         """The client's address given the peer's and the values of ``self.header``
         (one string per header line, in the order received)."""
+        hops = self.chain(peer, header_lines)
+        return hops[0] if hops else None
+
+    def chain(self, peer: str | None, header_lines: Sequence[str]) -> tuple[IPAddress, ...]:
+        """The hops from the client to the peer, as far as trusted proxies vouch for them.
+
+        What an edge may forward as ``X-Forwarded-For``: an untrusted peer's own
+        header is never part of it, so a client cannot spoof its way in.
+        """
         addr = parse_address(peer) if peer else None
-        if addr is None or not self.trusted or not self.is_trusted(addr):
-            return addr
+        if addr is None:
+            return ()
+        if not self.trusted or not self.is_trusted(addr):
+            return (addr,)
         parse: Callable[[str], IPAddress | None]
         if self.header is ClientIpHeader.FORWARDED:
             entries = _forwarded_entries(header_lines)
@@ -220,11 +231,12 @@ class TrustRule:
         else:
             entries = _xff_entries(header_lines)
             parse = parse_xff_entry
+        hops = [addr]
         for entry in reversed(entries[max(len(entries) - self.max_hops, 0) :]):
             hop = parse(entry)
             if hop is None:
                 break
-            addr = hop
-            if not self.is_trusted(addr):
+            hops.append(hop)
+            if not self.is_trusted(hop):
                 break
-        return addr
+        return tuple(reversed(hops))

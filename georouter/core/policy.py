@@ -30,6 +30,9 @@ class Reason(StrEnum):
     FALLBACK = "fallback"
     STICKY = "sticky"
     FAILOVER = "failover"
+    # Proxy mode: the first cluster asked sent the request on to this one (its
+    # `georouter-replay` hint), and the session moved with it.
+    REPLAY = "replay"
     # No cluster could take the client (every one is down): the answer is a 503.
     NONE = "none"
 

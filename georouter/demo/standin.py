@@ -23,6 +23,8 @@ class _Server(ThreadingHTTPServer):
         self.standin = standin
         self.connections: set[socket.socket] = set()
         self.lock = threading.Lock()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
     def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
@@ -105,7 +107,8 @@ class StandIn:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def running(self) -> bool:

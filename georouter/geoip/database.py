@@ -5,6 +5,10 @@ instead of geoip2's model objects, which cost half of a lookup. Results are
 cached per database *network*: one lookup answers for every address of the
 network the database stores it in, so a cache of a few thousand networks
 covers most of the traffic an edge sees.
+
+The open file, its description and its cache are one value (``OpenDatabase``):
+a new file is opened and validated beside the old one and swapped in whole
+(``GeoDatabase.switch``), so a lookup uses one database from start to end.
 """
 
 from __future__ import annotations
@@ -143,58 +147,120 @@ def _location(record: Any) -> Location | None:
     )
 
 
+# A file's identity, size and age: what a watcher compares to see a new file.
+FileStamp = tuple[int, int, int, int]
+
+
+def file_stamp(path: Path) -> FileStamp | None:
+    try:
+        st = path.stat()  # follows symlinks: a new link target is a new file
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def open_reader(path: Path) -> Any:
+    """A ``maxminddb`` reader of ``path``; GeoDatabaseError saying why it cannot be one."""
+    if path.is_dir():
+        raise GeoDatabaseError(f"is a directory, not a database file: {path}")
+    try:
+        return maxminddb.open_database(str(path), maxminddb.MODE_AUTO)
+    except FileNotFoundError as exc:
+        raise GeoDatabaseError(f"no such file: {path}") from exc
+    except PermissionError as exc:
+        raise GeoDatabaseError(f"cannot read {path}: permission denied") from exc
+    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
+        raise GeoDatabaseError(f"not a MaxMind DB file: {path} ({exc})") from exc
+
+
+def require_location_type(label: str, database_type: str) -> None:
+    if "City" not in database_type and "Country" not in database_type:
+        raise GeoDatabaseError(
+            f"{label} is a {database_type!r} database; a GeoIP2/GeoLite2 City or Country"
+            " database is required"
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class OpenDatabase:
+    """One open database file with its description and its own network cache."""
+
+    reader: Any
+    info: DatabaseInfo
+    cache: _NetworkCache
+    # The file as it was when opened (None: the bundled snapshot, never replaced).
+    stamp: FileStamp | None
+
+    def close(self) -> None:
+        self.reader.close()
+
+
 class GeoDatabase:
-    """An open GeoIP2 City or Country database; one per process, closed by its owner."""
+    """The GeoIP2/GeoLite2 City or Country database an edge locates with; one per
+    process, closed by its owner. ``switch`` puts a new file in the old one's place."""
 
     def __init__(self, path: Path | None, *, cache_networks: int, max_age_days: int, now: float):
         self.bundled = path is None
         self.path = bundled_database() if path is None else path
-        if self.path.is_dir():
-            raise GeoDatabaseError(f"is a directory, not a database file: {self.path}")
-        try:
-            self._reader = maxminddb.open_database(str(self.path), maxminddb.MODE_AUTO)
-        except FileNotFoundError as exc:
-            raise GeoDatabaseError(f"no such file: {self.path}") from exc
-        except PermissionError as exc:
-            raise GeoDatabaseError(f"cannot read {self.path}: permission denied") from exc
-        except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
-            raise GeoDatabaseError(f"not a MaxMind DB file: {self.path} ({exc})") from exc
-        meta = self._reader.metadata()
+        self.cache_networks = cache_networks
+        self.max_age_days = max_age_days
+        self._open = self.open_file(now=now)
+
+    def open_file(self, *, now: float) -> OpenDatabase:
+        """Open the file now at ``path`` beside the one in use (which stays in use)."""
+        # Taken before opening: a file replaced meanwhile is seen as new next time.
+        stamp = None if self.bundled else file_stamp(self.path)
+        reader = open_reader(self.path)
+        meta = reader.metadata()
         db_type = str(meta.database_type)
-        if "City" not in db_type and "Country" not in db_type:
-            self._reader.close()
-            raise GeoDatabaseError(
-                f"{self.path} is a {db_type!r} database; a GeoIP2/GeoLite2 City or Country"
-                " database is required"
-            )
+        try:
+            require_location_type(str(self.path), db_type)
+        except GeoDatabaseError:
+            reader.close()
+            raise
         age_days = max(0.0, (now - meta.build_epoch) / 86400)
-        self.info = DatabaseInfo(
+        info = DatabaseInfo(
             path=str(self.path),
             database_type=db_type,
             build_epoch=int(meta.build_epoch),
             age_days=age_days,
-            stale=age_days > max_age_days,
+            stale=age_days > self.max_age_days,
             bundled=self.bundled,
         )
-        self._cache = _NetworkCache(cache_networks)
+        return OpenDatabase(reader, info, _NetworkCache(self.cache_networks), stamp)
+
+    def switch(self, new: OpenDatabase) -> OpenDatabase:
+        """Locate with ``new`` from now on; returns the database it replaces, for the
+        caller to close once no lookup can be using it."""
+        old, self._open = self._open, new
+        return old
+
+    @property
+    def info(self) -> DatabaseInfo:
+        return self._open.info
+
+    @property
+    def stamp(self) -> FileStamp | None:
+        return self._open.stamp
 
     def lookup(self, ip: IPAddress) -> Location | None:
         """The location of ``ip``; None for private, reserved and unknown addresses."""
         key = address_key(ip)
         if not is_global(key):
             return None
-        cached = self._cache.get(key)
+        db = self._open  # read once: a switch never splits a lookup
+        cached = db.cache.get(key)
         if cached is not _MISSING:
             return cached  # type: ignore[return-value]
         try:
-            record, prefix_len = self._reader.get_with_prefix_len(ip)
+            record, prefix_len = db.reader.get_with_prefix_len(ip)
         except (ValueError, maxminddb.InvalidDatabaseError) as exc:
             log.warning("GeoIP lookup of %s failed: %s", ip, exc)
             return None
         location = _location(record)
         host_bits = (32 if ip.version == 4 else 128) - prefix_len
         start = key >> host_bits << host_bits
-        self._cache.put(start, start + (1 << host_bits) - 1, location)
+        db.cache.put(start, start + (1 << host_bits) - 1, location)
         return location
 
     @classmethod
@@ -213,7 +279,7 @@ class GeoDatabase:
 
     @property
     def cached_networks(self) -> int:
-        return len(self._cache)
+        return len(self._open.cache)
 
     def close(self) -> None:
-        self._reader.close()
+        self._open.close()

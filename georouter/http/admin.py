@@ -26,6 +26,7 @@ from starlette.responses import Response
 from georouter.config import LimitsSettings
 from georouter.core.ratelimit import FailureWindow, client_key
 from georouter.errors import ApiError, StoreUnavailable
+from georouter.http import dryrun
 from georouter.http.common import JSON, Services, client_ip, flag, query_of, services
 from georouter.http.reload import Reloader
 from georouter.sessions.ids import valid_id
@@ -198,7 +199,8 @@ class AdminApi:
 
     async def reload_config(self, request: Request) -> Response:
         """``POST /v1/config/reload[?dry_run=1]``: read the file again; 200 if it now
-        runs (or would, or is unchanged), 422 if it is invalid or needs a restart."""
+        runs (or would, or is unchanged), 422 if it is invalid or needs a restart. A dry
+        run that would apply also says its ``impact`` here (``http.dryrun``)."""
         reloader = self._reloader(request)
         dry_run = flag(query_of(request), "dry_run")
         outcome = reloader.reload(dry_run=dry_run)
@@ -206,4 +208,8 @@ class AdminApi:
             # This process answers; every other one of the edge reloads as on SIGHUP.
             reloader.propagate()
         status = 200 if outcome.result in ("ok", "unchanged") else 422
-        return JSON(outcome.as_json(), status_code=status)
+        body = outcome.as_json()
+        if dry_run and outcome.result == "ok":
+            # What it would do here: sessions it would move, clients it would send elsewhere.
+            body["impact"] = await dryrun.impact(services(request), reloader.source)
+        return JSON(body, status_code=status)

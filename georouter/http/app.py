@@ -25,11 +25,12 @@ from starlette.responses import Response
 from starlette.routing import Route, request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from georouter.config import Config
+from georouter.config import Config, RouterMode
 from georouter.core.ratelimit import TokenBuckets
 from georouter.errors import ApiError
+from georouter.geoip import refresh as geoip_refresh
 from georouter.geoip.database import GeoDatabase
-from georouter.http import admin, paths, status
+from georouter.http import admin, dataplane, paths, status, wsproxy
 from georouter.http import routing as api
 from georouter.http.accesslog import AccessLog, AccessLogFormat
 from georouter.http.common import (
@@ -41,11 +42,12 @@ from georouter.http.common import (
     error_body,
     send_json,
 )
-from georouter.http.limits import Limits
+from georouter.http.limits import DataPathLimits, Limits
 from georouter.http.reload import ConfigFile, Reloader, ReloadRequests
 from georouter.metrics import Metrics
 from georouter.metricsboard import SharedMetrics
 from georouter.probes.active import HealthMonitor, probe_client
+from georouter.proxy.forward import proxy_client
 from georouter.router import Router
 from georouter.runtime import Runtime
 from georouter.sessions.clients import make_client, make_subscriber
@@ -91,11 +93,14 @@ def create_app(
     shared_metrics: SharedMetrics | None = None,
     access_log: AccessLogFormat = AccessLogFormat.OFF,
     access_stream: TextIO | None = None,
+    admin_port: int | None = None,
 ) -> ASGIApp:
     """The georouter ASGI app for ``config``. Sessions are on when ``config`` names a Redis.
 
     Without ``health`` the app probes the clusters itself; a worker process is
-    given the shared board its prober publishes to instead.
+    given the shared board its prober publishes to instead. ``admin_port``: the
+    port of the edge's admin listener, which alone serves the router's endpoints
+    (in proxy and redirect modes every other request is the application's).
     """
 
     def clock_ms() -> int:
@@ -121,6 +126,9 @@ def create_app(
                     config.geoip.max_age_days,
                 )
             http = await stack.enter_async_context(probe_client())
+            upstream = None
+            if config.router.mode is RouterMode.PROXY:
+                upstream = await stack.enter_async_context(proxy_client(config.proxy))
             sessions = None
             if config.sessions.redis is not None:
                 store = RedisSessionStore(
@@ -169,11 +177,17 @@ def create_app(
                 drain=drain,
                 reloader=reloader,
                 shared_metrics=shared_metrics,
+                upstream=upstream,
             )
             async with asyncio.TaskGroup() as tg:
                 tasks = []
                 if monitor is not None:
                     tasks.append(tg.create_task(monitor.run(), name="health-monitor"))
+                # Every process follows its GeoIP file; the one that probes (the whole
+                # edge, or the prober of workers) is the one that downloads it.
+                tasks += geoip_refresh.start(
+                    tg, lambda: router.runtime.config.geoip, geo=geo, download=health is None
+                )
                 if sessions is not None:
                     tasks.append(tg.create_task(sessions.run(), name="redis-recovery"))
                     tasks.append(tg.create_task(sessions.follow_changes(), name="pin-changes"))
@@ -233,7 +247,13 @@ def create_app(
     # An unknown path is the JSON 404, never a redirect to a path the API does not serve
     # (``/v1/route/`` was a bare 307 with an empty body).
     starlette.router.redirect_slashes = False
-    app: ASGIApp = Limits(FastRoute(starlette), config.limits, metrics, drain)
+    app: ASGIApp = FastRoute(starlette)
+    data_path = None
+    if config.router.mode is not RouterMode.API:
+        prefix = config.router.api_prefix
+        app = ByPrefix(prefix, app, DataPath(), admin_port=admin_port)
+        data_path = DataPathLimits(prefix, config.proxy.max_body_bytes, config.proxy.body_idle_s)
+    app = Limits(app, config.limits, metrics, drain, data_path)
     if access_log is not AccessLogFormat.OFF:
         app = AccessLog(app, access_log, _resolved_client, stream=access_stream, clock=clock)
     return app
@@ -257,6 +277,60 @@ async def _publish(shared: SharedMetrics, metrics: Metrics) -> None:
     while True:
         shared.publish(metrics)
         await asyncio.sleep(1.0)
+
+
+class ByPrefix:
+    """Proxy and redirect modes: the router's endpoints under ``prefix``, the rest
+    to the data path, so no router path shadows an application's."""
+
+    def __init__(
+        self, prefix: str, api: ASGIApp, data: ASGIApp, *, admin_port: int | None = None
+    ) -> None:
+        self.prefix = prefix
+        self.api = api
+        self.data = data
+        self.admin_port = admin_port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.api(scope, receive, send)
+            return
+        if self.admin_port is not None:
+            # An admin listener of its own (Envoy's admin port): no path is shared.
+            server = scope.get("server")
+            on_admin = server is not None and server[1] == self.admin_port
+            await (self.api if on_admin else self.data)(scope, receive, send)
+            return
+        path: str = scope["path"]
+        prefix = self.prefix
+        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+            inner = path[len(prefix) :] or "/"
+            scope = {**scope, "path": inner, "root_path": scope.get("root_path", "") + prefix}
+            raw: bytes | None = scope.get("raw_path")
+            if raw is not None:
+                scope["raw_path"] = raw[len(prefix) :] or b"/"
+            await self.api(scope, receive, send)
+            return
+        await self.data(scope, receive, send)
+
+
+class DataPath:
+    """The application's requests, with the same JSON error answers as the API's."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            try:
+                await wsproxy.websocket_path(scope, receive, send)
+            except Exception as exc:
+                log.error("unhandled error on WebSocket %s", scope["path"], exc_info=exc)
+            return
+        try:
+            await dataplane.data_path(scope, receive, send)
+        except ApiError as exc:
+            await send_json(send, exc.status, exc.body, exc.headers)
+        except Exception as exc:
+            log.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
+            await send_json(send, 500, INTERNAL_ERROR)
 
 
 class FastRoute:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
+import httpx
 import orjson
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 from starlette.responses import Response
 from starlette.types import Send
 
@@ -39,6 +41,10 @@ class HealthSource(Protocol):
     def unroutable(self) -> Mapping[str, str]: ...
 
 
+# How many recent client addresses an edge keeps (``Services.recent_clients``).
+RECENT_CLIENTS = 1024
+
+
 @dataclass(slots=True)
 class Drain:
     """Set once the edge is shutting down: it still serves, but says it is not ready,
@@ -66,6 +72,13 @@ class Services:
     reloader: Reloader | None = None
     # A worker's place on its edge's metrics board (None: a single process).
     shared_metrics: SharedMetrics | None = None
+    # The one client to every cluster, in proxy mode.
+    upstream: httpx.AsyncClient | None = None
+    # The client addresses of the latest routing decisions, for a reload's dry run to
+    # re-rank (``http.dryrun``); never answered to anyone. Bounded: old ones drop off.
+    recent_clients: deque[IPAddress | None] = field(
+        default_factory=lambda: deque(maxlen=RECENT_CLIENTS)
+    )
 
     @property
     def runtime(self) -> Runtime:
@@ -73,12 +86,12 @@ class Services:
         return self.router.runtime
 
 
-def services(request: Request) -> Services:
+def services(request: HTTPConnection) -> Services:
     found: Services = request.scope["state"]["services"]
     return found
 
 
-def query_of(request: Request) -> dict[str, str]:
+def query_of(request: HTTPConnection) -> dict[str, str]:
     """The query parameters (the last of repeated names wins, as in Starlette).
 
     Parsed here rather than by ``request.query_params`` because every routing
@@ -107,7 +120,8 @@ def flag(query: dict[str, str], name: str) -> bool:
     raw = query.get(name)
     if raw is None:
         return False
-    value = raw.strip().lower()
+    # Spaces and tabs only: str.strip() also takes control characters (\x1c-\x1f) as space.
+    value = raw.strip(" \t").lower()
     if value in ("", "1", "true", "yes", "on"):
         return True
     if value in ("0", "false", "no", "off"):
@@ -126,17 +140,22 @@ class JSON(Response):
         return orjson.dumps(content)
 
 
-def client_ip(request: Request, trust: TrustRule) -> IPAddress | None:
+def client_ip(request: HTTPConnection, trust: TrustRule) -> IPAddress | None:
     peer = request.client.host if request.client else None
     return trust.client_ip(peer, request.headers.getlist(trust.header.value))
 
 
 async def send_json(
-    send: Send, status: int, content: object, headers: dict[str, str] | None = None
+    send: Send,
+    status: int,
+    content: object,
+    headers: dict[str, str] | None = None,
+    *,
+    raw_headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     """A complete JSON response, without building a Response object."""
     body = orjson.dumps(content)
-    raw = [_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    raw = [_JSON_HEADERS, (b"content-length", str(len(body)).encode()), *raw_headers]
     if headers:
         raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,15 +29,35 @@ log = logging.getLogger(__name__)
 _CLOSE = {"connection": "close"}
 
 
+@dataclass(frozen=True, slots=True)
+class DataPathLimits:
+    """Bodies of application requests (proxy mode): ``[proxy] max_body_bytes`` (0: no
+    limit) and, instead of a deadline on the whole body, one on each wait for more."""
+
+    api_prefix: str
+    body_bytes: int
+    idle_s: float
+
+    def covers(self, path: str) -> bool:
+        prefix = self.api_prefix
+        return not (path.startswith(prefix) and path[len(prefix) : len(prefix) + 1] in ("", "/"))
+
+
 class Limits:
     """ASGI middleware: the ``[limits]`` table, for every HTTP request."""
 
     def __init__(
-        self, app: ASGIApp, settings: LimitsSettings, metrics: Metrics, drain: Drain
+        self,
+        app: ASGIApp,
+        settings: LimitsSettings,
+        metrics: Metrics,
+        drain: Drain,
+        data_path: DataPathLimits | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
         self.drain = drain
+        self.data_path = data_path
         self.in_flight = 0
         self._refused: Counter[tuple[str, ...]] = metrics.family(
             "georouter_requests_refused_total",
@@ -77,13 +98,12 @@ class Limits:
                 f"request headers are over {settings.header_bytes} bytes",
             )
             return
-        if declared > settings.body_bytes:
+        body_bytes, idle_s = settings.body_bytes, 0.0
+        if self.data_path is not None and self.data_path.covers(scope["path"]):
+            body_bytes, idle_s = self.data_path.body_bytes, self.data_path.idle_s
+        if body_bytes and declared > body_bytes:
             await self._refuse(
-                send,
-                413,
-                "body_bytes",
-                "body_too_large",
-                f"the body is over {settings.body_bytes} bytes",
+                send, 413, "body_bytes", "body_too_large", f"the body is over {body_bytes} bytes"
             )
             return
         if self.in_flight >= settings.max_in_flight:
@@ -100,36 +120,36 @@ class Limits:
         try:
             # HTTP/2 (Hypercorn speaks h2c) may send a body with neither header.
             if declared > 0 or chunked or (declared < 0 and scope["http_version"] == "2"):
-                receive = self._bounded(receive)
+                receive = self._bounded(receive, body_bytes, idle_s)
             if self.drain.draining:
                 send = _closing(send)
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
 
-    def _bounded(self, receive: Receive) -> Receive:
-        """``receive`` that refuses a body over the limit, or one that arrives too slowly."""
-        limit = self.settings.body_bytes
-        deadline = asyncio.get_running_loop().time() + self.settings.request_deadline_s
+    def _bounded(self, receive: Receive, limit: int, idle_s: float) -> Receive:
+        """``receive`` that refuses a body over ``limit`` (0: none), or one that arrives
+        too slowly: after the request deadline, or with ``idle_s``, a wait that long."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.request_deadline_s
+        if idle_s:
+            late = f"no more of the body came within {idle_s:g}s"
+        else:
+            late = f"the request was not received within {self.settings.request_deadline_s:g}s"
         seen = 0
         refused = self._refused
 
         async def bounded() -> Message:
             nonlocal seen
             try:
-                async with asyncio.timeout_at(deadline):
+                async with asyncio.timeout_at(loop.time() + idle_s if idle_s else deadline):
                     message = await receive()
             except TimeoutError:
                 refused[("request_deadline",)] += 1
-                raise ApiError(
-                    408,
-                    "request_timeout",
-                    f"the request was not received within {self.settings.request_deadline_s:g}s",
-                    headers=_CLOSE,
-                ) from None
+                raise ApiError(408, "request_timeout", late, headers=_CLOSE) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:
+                if limit and seen > limit:
                     refused[("body_bytes",)] += 1
                     raise ApiError(
                         413, "body_too_large", f"the body is over {limit} bytes", headers=_CLOSE

@@ -209,7 +209,11 @@ SPEC: dict[str, Any] = {
                         "required": False,
                         "schema": {"type": "string", "enum": FLAG_VALUES},
                         "allowEmptyValue": True,
-                        "description": "1: say what the file would change, apply nothing",
+                        "description": (
+                            "1: say what the file would change, apply nothing; if it would"
+                            " apply, also its `impact` here: the sessions it would move and"
+                            " the share of recent clients it would send to another cluster"
+                        ),
                     }
                 ],
                 "responses": {

@@ -10,6 +10,70 @@ from georouter.core.policy import Reason
 # What georouter.http.common.flag accepts: empty (a bare `?explain`) is true.
 FLAG_VALUES = ["", "1", "true", "yes", "on", "0", "false", "no", "off"]
 
+_COUNT = {"type": "integer", "minimum": 0}
+# georouter.http.dryrun: what a file that would apply does on this edge. Counts only.
+RELOAD_IMPACT = {
+    "type": ["object", "null"],
+    "description": (
+        "a dry run that would apply: what it would do on this edge (null: the file"
+        " changed to an invalid one meanwhile)"
+    ),
+    "required": ["version", "sessions", "decisions"],
+    "properties": {
+        "version": {"type": "string", "description": "the version of the file measured"},
+        "sessions": {
+            "type": ["object", "null"],
+            "description": (
+                "the edge's session map, counted in its Redis with SCAN (at most 100000"
+                " keys and 2 s; null: sessions are off). Pins on removed clusters fail"
+                " over on their next request; all others stay, on moved clusters too"
+            ),
+            "required": ["census"],
+            "properties": {
+                "census": {"enum": ["complete", "sample", "unavailable"]},
+                "stopped_by": {"enum": ["key_limit", "time_budget", None]},
+                "keys_seen": _COUNT,
+                "ignored": {
+                    **_COUNT,
+                    "description": "tombstones, pins past their age cap, values not pins",
+                },
+                "pinned": {"type": "object", "additionalProperties": _COUNT},
+                "moving": {**_COUNT, "description": "pinned to clusters the file removes"},
+                "staying": {**_COUNT, "description": "pinned to clusters the file keeps"},
+                "orphaned": {**_COUNT, "description": "pinned to clusters neither file has"},
+                "message": {"type": "string", "description": "why there is no census"},
+            },
+        },
+        "decisions": {
+            "type": "object",
+            "description": (
+                "the edge's latest routing decisions (up to 1024 client addresses, of this"
+                " process), ranked again under the file with health as the edge sees it"
+                " (added clusters counted as up): how many would start a new session on"
+                " another cluster"
+            ),
+            "required": ["sampled", "changed", "share", "moves"],
+            "properties": {
+                "sampled": _COUNT,
+                "changed": _COUNT,
+                "share": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                "moves": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["from", "to", "count"],
+                        "properties": {
+                            "from": {"type": ["string", "null"]},
+                            "to": {"type": ["string", "null"]},
+                            "count": _COUNT,
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
 RELOAD_OUTCOME = {
     "type": "object",
     "required": ["result", "version"],
@@ -19,6 +83,7 @@ RELOAD_OUTCOME = {
         "dry_run": {"type": "boolean"},
         "change": {"type": "object"},
         "problems": {"type": "array", "items": {"type": "string"}},
+        "impact": RELOAD_IMPACT,
     },
 }
 

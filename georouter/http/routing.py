@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -46,7 +46,7 @@ def _address(raw: str, *, parameter: str | None = None, field: str | None = None
     raise ApiError(400, "invalid_body", message, field=field)
 
 
-def _accepted(raw: str, source: SessionSource, svc: Services, rt: Runtime) -> str | None:
+def accepted_id(raw: str, source: SessionSource, svc: Services, rt: Runtime) -> str | None:
     """The session id ``raw`` names from ``source``, or None if it is not acceptable.
 
     With ``GEOROUTER_SESSION_KEYS`` set, an id must carry our signature unless
@@ -73,7 +73,7 @@ def session_of(request: Request, svc: Services, rt: Runtime, query: dict[str, st
     settings = rt.config.sessions
     raw = query.get("session")
     if raw is not None:
-        found = _accepted(raw, SessionSource.QUERY, svc, rt)
+        found = accepted_id(raw, SessionSource.QUERY, svc, rt)
         if found is None:
             rule = _id_rule(svc, rt, SessionSource.QUERY)
             raise ApiError(400, "invalid_parameter", f"session must be {rule}", parameter="session")
@@ -89,7 +89,7 @@ def session_of(request: Request, svc: Services, rt: Runtime, query: dict[str, st
         elif name == b"cookie":
             cookie_header = value.decode("latin-1")
     if header is not None:
-        found = _accepted(header, SessionSource.HEADER, svc, rt)
+        found = accepted_id(header, SessionSource.HEADER, svc, rt)
         if found is None:
             rule = _id_rule(svc, rt, SessionSource.HEADER)
             raise ApiError(
@@ -101,13 +101,13 @@ def session_of(request: Request, svc: Services, rt: Runtime, query: dict[str, st
     raw = request.cookies.get(settings.cookie)
     if raw is None:
         return None
-    return _accepted(raw, SessionSource.COOKIE, svc, rt)
+    return accepted_id(raw, SessionSource.COOKIE, svc, rt)
 
 
 async def route_with_budget(
     svc: Services,
     rt: Runtime,
-    request: Request,
+    request: HTTPConnection,
     client: IPAddress | None,
     session_id: str | None,
     *,
@@ -120,6 +120,7 @@ async def route_with_budget(
     near cache cannot answer, and a token is kept only when a session was
     pinned, so a client's returning sessions never use it up.
     """
+    svc.recent_clients.append(client)
     budget = svc.new_sessions
     if session_id is None or svc.sessions is None or not budget.enabled:
         return await svc.router.route(client, session_id, rt)
@@ -271,7 +272,7 @@ async def route_batch(request: Request) -> Response:
             )
         if session_id is not None:
             found = (
-                _accepted(session_id, SessionSource.QUERY, svc, rt)
+                accepted_id(session_id, SessionSource.QUERY, svc, rt)
                 if isinstance(session_id, str)
                 else None
             )

@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import ipaddress
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -23,6 +22,7 @@ from hypercorn.config import Config as HypercornConfig
 from starlette.types import ASGIApp
 
 from georouter.config import LimitsSettings
+from georouter.config.values import host_port
 from georouter.errors import ListenError
 from georouter.http.common import Drain
 from georouter.http.reload import ReloadRequests
@@ -38,20 +38,10 @@ class ListenAddress:
     @classmethod
     def parse(cls, text: str) -> ListenAddress:
         """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (all interfaces)."""
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise ListenError(f"expected HOST:PORT, not {text!r}")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        host = host or "0.0.0.0"
         try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            if host != "localhost":
-                raise ListenError(f"{host!r} is not an IP address") from None
-        if not (port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535):
-            raise ListenError(f"port must be 0..65535, not {port_text!r}")
-        return cls(host, int(port_text))
+            return cls(*host_port(text))
+        except ValueError as exc:
+            raise ListenError(str(exc)) from None
 
     def bind(self, *, reuse_port: bool = False) -> socket.socket:
         """A listening socket. ``reuse_port``: other sockets may bind the same port
@@ -94,10 +84,12 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _hypercorn_config(sock: socket.socket, limits: LimitsSettings) -> HypercornConfig:
+def _hypercorn_config(
+    sock: socket.socket, limits: LimitsSettings, also: Sequence[socket.socket] = ()
+) -> HypercornConfig:
     config = HypercornConfig()
-    # Hypercorn takes ownership of the descriptor and closes it on shutdown.
-    config.bind = [f"fd://{sock.detach()}"]
+    # Hypercorn takes ownership of the descriptors and closes them on shutdown.
+    config.bind = [f"fd://{s.detach()}" for s in (sock, *also)]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     # Hypercorn never times out a slow request by default (a slowloris door).
@@ -128,14 +120,17 @@ async def serve(
     limits: LimitsSettings | None = None,
     drain: Drain | None = None,
     drain_s: float = 0.0,
+    admin_sock: socket.socket | None = None,
 ) -> None:
-    """Serve ``app`` on ``sock`` until ``stop`` is set; lifespan shutdown runs before return.
+    """Serve ``app`` on ``sock`` (and ``admin_sock``) until ``stop`` is set; lifespan
+    shutdown runs before return.
 
     With ``drain_s``, ``stop`` first starts a drain (``drain`` is what the app's
     ``/readyz`` reads): the edge keeps serving for ``drain_s``, or until ``stop``
     is set a second time, then finishes what is in flight and returns.
     """
     limits = limits or LimitsSettings()
+    also = [] if admin_sock is None else [admin_sock]
 
     async def stopped() -> None:
         await stop.wait()
@@ -148,9 +143,10 @@ async def serve(
             await asyncio.wait_for(stop.wait(), drain_s)
 
     if kind is ServerKind.UVICORN:
-        await _serve_uvicorn(app, sock, stopped, limits)
+        await _serve_uvicorn(app, [sock, *also], stopped, limits)
     else:
-        await hypercorn_serve(app, _hypercorn_config(sock, limits), shutdown_trigger=stopped)  # type: ignore[arg-type]
+        config = _hypercorn_config(sock, limits, also)
+        await hypercorn_serve(app, config, shutdown_trigger=stopped)  # type: ignore[arg-type]
 
 
 def _header_deadline(
@@ -228,7 +224,7 @@ _HEADERS_TOO_LARGE = (
 
 async def _serve_uvicorn(
     app: ASGIApp,
-    sock: socket.socket,
+    socks: list[socket.socket],
     stopped: Callable[[], Awaitable[None]],
     limits: LimitsSettings,
 ) -> None:
@@ -273,7 +269,7 @@ async def _serve_uvicorn(
     async with asyncio.TaskGroup() as tg:
         watcher = tg.create_task(stop_when_asked(), name="stop-watcher")
         try:
-            await server.serve(sockets=[sock])
+            await server.serve(sockets=socks)
         finally:
             watcher.cancel()
 

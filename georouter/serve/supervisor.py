@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from georouter.config import Config
+from georouter.geoip import refresh as geoip_refresh
 from georouter.http.accesslog import AccessLogFormat
 from georouter.http.app import create_app
 from georouter.http.common import Drain
@@ -83,6 +84,7 @@ def _prober(config: Config, board: HealthBoard, config_file: ConfigFile | None) 
             )
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(monitor.run(), name="health-monitor")]
+                reloader: Reloader | None = None
                 if config_file is not None:
                     # The prober follows the file as the workers do; a reload changes
                     # the clusters it probes, and the board it publishes them on.
@@ -93,6 +95,13 @@ def _prober(config: Config, board: HealthBoard, config_file: ConfigFile | None) 
                         Metrics(),
                     )
                     tasks.append(tg.create_task(reloader.follow(reloads), name="config-reload"))
+                # One download of each GeoIP update for the edge; every worker follows the file.
+                tasks += geoip_refresh.start(
+                    tg,
+                    lambda: (config if reloader is None else reloader.running).geoip,
+                    geo=None,
+                    download=True,
+                )
                 await stop.wait()
                 for task in tasks:
                     task.cancel()
@@ -120,10 +129,12 @@ def serve_edge(
     board: HealthBoard | None = None,
     on_started: Callable[[], None] | None = None,
     shared_metrics: SharedMetrics | None = None,
+    admin_sock: socket.socket | None = None,
 ) -> None:
     """Serve one edge process until SIGTERM/SIGINT (draining ``options.drain_s`` first);
     SIGHUP reloads ``config_file``. A worker reads health from ``board``; without
-    one, the process probes the clusters itself."""
+    one, the process probes the clusters itself. ``admin_sock``: the router's own
+    endpoints listen there, and ``sock`` carries only the application's traffic."""
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -144,6 +155,7 @@ def serve_edge(
             on_started=on_started,
             shared_metrics=shared_metrics,
             access_log=options.access_log,
+            admin_port=None if admin_sock is None else admin_sock.getsockname()[1],
         )
         await serve(
             app,
@@ -153,6 +165,7 @@ def serve_edge(
             limits=config.limits,
             drain=drain,
             drain_s=options.drain_s,
+            admin_sock=admin_sock,
         )
 
     run_loop(main)
@@ -172,6 +185,7 @@ class Supervisor:
         workers: int,
         config_file: ConfigFile | None = None,
         on_started: Callable[[], None] | None = None,
+        admin_sock: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.options = options
@@ -195,6 +209,9 @@ class Supervisor:
         # evenly. The supervisor keeps them all open, so a replaced worker takes
         # over its socket and connections queued on it meanwhile.
         self.sockets = [sock, *(sibling(sock) for _ in range(workers - 1))]
+        self.admin_sockets: list[socket.socket | None] = [admin_sock] * workers
+        if admin_sock is not None:
+            self.admin_sockets[1:] = [sibling(admin_sock) for _ in range(workers - 1)]
         self.children: dict[int, tuple[str, float]] = {}
         self.stopping = False
         self.failed = False
@@ -232,6 +249,7 @@ class Supervisor:
                     self.config,
                     self.sockets[int(role.removeprefix("worker-"))],
                     self.options,
+                    admin_sock=self.admin_sockets[int(role.removeprefix("worker-"))],
                     board=self.board,
                     config_file=self.config_file,
                     on_started=self._on_started if role == "worker-0" else None,

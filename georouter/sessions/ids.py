@@ -81,3 +81,13 @@ def set_cookie_header(name: str, value: str, *, max_age_s: int | None, secure: b
     if max_age_s:
         parts.append(f"Max-Age={max_age_s}")
     return "; ".join(parts)
+
+
+def learned_id(source: str, name: str, value: str) -> str:
+    """The session id for an id the application issued (``[sessions] learn``).
+
+    A digest, not the value: the application's id may be any length and any
+    bytes, and Redis never holds it; every edge derives the same id from it.
+    """
+    digest = hashlib.blake2b(f"{source}:{name}={value}".encode(), digest_size=16).digest()
+    return "learned." + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")

@@ -252,6 +252,11 @@ class SessionMap:
         """What another edge's announcement does (see ``EdgeKnowledge``)."""
         self._known.changed_elsewhere(session_id, pin)
 
+    async def move(self, session_id: str, cluster: str) -> Resolution:
+        """Pin ``session_id`` to ``cluster`` wherever it was (a cluster said so: a replay
+        hint, an id the application issued there). The caller knows it is routable."""
+        return await self.resolve(session_id, cluster, cluster.__eq__)
+
     # -- operator calls -----------------------------------------------------------
 
     async def forget(self, session_id: str) -> None:

@@ -130,6 +130,11 @@ class RedisSessionStore:
     def key(self, session_id: str) -> str:
         return self._prefix + session_id
 
+    @property
+    def client(self) -> Any:
+        """The Redis client, for reads over the whole map (``sessions.census``)."""
+        return self._client
+
     async def _call(self, op: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         try:
             with _KeepsCancellation():

@@ -1,0 +1,1 @@
+"""The data path: a request carried to its cluster and the answer carried back, streamed."""

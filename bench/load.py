@@ -14,8 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LUA = r"""
--- georouter benchmark requests: BENCH_MODE is trivial | route | new | sticky
+-- georouter benchmark requests: BENCH_MODE is trivial | route | new | sticky | app
 local mode = os.getenv("BENCH_MODE")
+-- app: GET BENCH_PATH, with a Cookie header drawn from the lines of BENCH_COOKIES if set
+local app_path = os.getenv("BENCH_PATH") or "/"
+local cookies_file = os.getenv("BENCH_COOKIES")
+local cookies = {}
+local ncookies = 0
 local sessions = tonumber(os.getenv("BENCH_SESSIONS") or "10000")
 local run = os.getenv("BENCH_RUN") or "r"
 local ips = {}
@@ -33,12 +38,24 @@ function init(args)
     n = n + 1
     ips[n] = line
   end
+  if cookies_file and cookies_file ~= "" then
+    for line in io.lines(cookies_file) do
+      ncookies = ncookies + 1
+      cookies[ncookies] = line
+    end
+  end
   math.randomseed(tid * 7919)
   counter = tid * 104729
 end
 
 function request()
   counter = counter + 1
+  if mode == "app" then
+    if ncookies > 0 then
+      return wrk.format("GET", app_path, {["Cookie"] = cookies[math.random(1, ncookies)]})
+    end
+    return wrk.format("GET", app_path)
+  end
   if mode == "trivial" then
     return wrk.format("GET", "/healthz")
   end
@@ -97,8 +114,12 @@ def run_wrk(
     sessions: int = 10_000,
     cpus: str | None = "1",
     run_id: str = "r",
+    env: dict[str, str] | None = None,
 ) -> Result:
-    """One wrk run against ``url``; the load generator pinned to ``cpus``."""
+    """One wrk run against ``url``; the load generator pinned to ``cpus``.
+
+    ``env`` adds to the script's settings (``BENCH_PATH``, ``BENCH_COOKIES`` of mode app).
+    """
     script.write_text(LUA)
     cmd = [
         wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s", "--latency",
@@ -112,6 +133,7 @@ def run_wrk(
         "BENCH_SESSIONS": str(sessions),
         "BENCH_RUN": run_id,
         "PATH": "/usr/bin:/bin",
+        **(env or {}),
     }
     out = subprocess.run(
         cmd, capture_output=True, text=True, env=env, check=True, timeout=duration_s + 60

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.lab import Lab, sample_addresses
 from bench.load import run_wrk
@@ -44,20 +45,53 @@ def functions_on_stack(folded: Path) -> tuple[int, collections.Counter[str]]:
     return total, seen_in
 
 
-def profile(lab: Lab, ips: Path, server: str, mode: str, seconds: float) -> tuple[Path, float]:
+def functions_at_top(folded: Path) -> tuple[int, collections.Counter[str]]:
+    """Samples in all, and per function the samples it was running in (its own time)."""
+    total, own = 0, collections.Counter[str]()
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        total += int(count)
+        name, _, where = stack.split(";")[-1].partition(" (")
+        own[f"{name} {where.split(':')[0].rsplit('/', 1)[-1]}".strip()] += int(count)
+    return total, own
+
+
+def top(folded: Path, count: int = 12) -> dict[str, Any]:
+    """The functions with the largest shares of samples: on the stack, and running."""
+    total, on_stack = functions_on_stack(folded)
+    _, own = functions_at_top(folded)
+
+    def shares(counter: collections.Counter[str]) -> list[tuple[str, float]]:
+        return [(n, round(100 * c / max(total, 1), 1)) for n, c in counter.most_common(count)]
+
+    return {"samples": total, "self": shares(own), "on_stack": shares(on_stack)}
+
+
+def py_spy() -> str:
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
         raise SystemExit("py-spy is missing: .venv/bin/pip install py-spy")
+    return spy
+
+
+def start_sampler(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` at 500 Hz for ``seconds`` into ``out`` (raw folded stacks),
+    attached once this returns."""
+    sampler = subprocess.Popen(
+        [py_spy(), "record", "-p", str(pid), "-d", f"{seconds:g}", "-r", "500",
+         "-f", "raw", "-o", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.5)  # py-spy attaches
+    return sampler
+
+
+def profile(lab: Lab, ips: Path, server: str, mode: str, seconds: float) -> tuple[Path, float]:
     out = OUT / f"profile-{server}-{mode}.txt"
     script = lab.workdir / "profile.lua"
     with lab.edge(server=server) as edge:
         run_wrk(edge.url, mode=mode, ips_file=ips, script=script, duration_s=3, run_id="warm")
-        sampler = subprocess.Popen(
-            [spy, "record", "-p", str(edge.process.pid), "-d", f"{seconds:g}", "-r", "500",
-             "-f", "raw", "-o", str(out), "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        time.sleep(0.5)  # py-spy attaches
+        sampler = start_sampler(edge.process.pid, seconds, out)
         cpu_before = tree_cpu_seconds(edge.process.pid)
         result = run_wrk(
             edge.url, mode=mode, ips_file=ips, script=script, duration_s=seconds - 1, run_id="p"

@@ -269,6 +269,8 @@ def write_report(results: dict[str, Any], path: Path) -> None:
             f"| raw maxminddb lookup (baseline) | {d['raw_maxminddb_us']} | 1 | |",
             f"| full decision, no Redis | {d['decision_us']} | {d['decision_over_raw']} | ≤ 1.5 |",
             f"| full decision, first pass (cold caches) | {d['decision_first_pass_us']} | | |",
+            f"| full decision with rules, overrides, bias and weights |"
+            f" {d['policy_decision_us']} | {d['policy_over_raw']} | ≤ 1.5 |",
             f"| bare Redis GETEX round trip (baseline) | {d['bare_redis_getex_us']} | 1 | |",
             f"| sticky decision, near cache off | {d['sticky_decision_us']} |"
             f" {d['sticky_over_round_trip']} | |",
@@ -377,7 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
     parser.add_argument("--big", type=int, default=1_000_000, help="pins for the large map (1M)")
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s, 100k pins")
-    parser.add_argument("--report", type=Path, default=REPO / "bench" / "RESULTS.md")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        help="the table (default: bench/RESULTS.md for a full run, bench/out/ for --only)",
+    )
     parser.add_argument(
         "--rewrite", action="store_true", help="only rewrite the report from the run's JSON"
     )
@@ -390,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     sections = args.only or list(SECTIONS)
     # A partial run keeps its figures apart: a full run's results.json stays whole.
     saved = OUT / ("results.json" if not args.only else f"results-{'-'.join(sections)}.json")
+    if args.report is None:
+        args.report = REPO / "bench" / "RESULTS.md" if not args.only else saved.with_suffix(".md")
     if args.rewrite:
         write_report(json.loads(saved.read_text()), args.report)
         return 0

@@ -1,7 +1,10 @@
 """Decision cost in process, against its baselines measured in the same run.
 
 1. A full decision without sessions (parse the address, locate, rank, choose)
-   against a raw ``maxminddb`` lookup of the same addresses.
+   against a raw ``maxminddb`` lookup of the same addresses: with the clusters
+   alone, and with a traffic policy configured (residency rules by country,
+   continent and network, a hundred location overrides, bias, weights split
+   within ``tie_km``).
 2. A sticky decision against one bare Redis round trip (redis-py ``GETEX``, the
    command a sticky read costs), with the near cache off and on.
 """
@@ -14,10 +17,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 import maxminddb
 
-from georouter.config import load, parse
+from georouter.config import Config, load, parse
 from georouter.core.clientip import parse_address
 from georouter.geoip.database import GeoDatabase, bundled_database
 from georouter.metrics import Metrics
@@ -51,11 +55,54 @@ async def _best_per_op_async(
     return best * 1e6
 
 
+def policy_config(config: Config) -> Config:
+    """``config`` with a traffic policy an operator might run: six residency rules
+    (countries, continents, networks; strict and not), 100 overrides of mixed prefix
+    lengths, a bias and weights on every cluster, and new sessions split within 300 km."""
+    names = [c.name for c in config.clusters]
+    document: dict[str, Any] = {
+        "clusters": [
+            {"name": c.name, "url": c.url, "lat": c.lat, "lon": c.lon}
+            | {"bias_km": 50 * (i % 3), "weight": 1 + i % 4}
+            for i, c in enumerate(config.clusters)
+        ],
+        "router": {"fallback": config.router.fallback, "tie_km": 300},
+        "rules": [
+            {"name": "eu", "continents": ["EU"], "clusters": ["eu-west", "eu-central"],
+             "strict": True},
+            {"name": "jp-kr", "countries": ["JP", "KR"], "clusters": ["ap-northeast"]},
+            {"name": "au-nz", "countries": ["AU", "NZ"], "clusters": ["ap-sydney"],
+             "strict": True},
+            {"name": "lab", "cidrs": ["203.0.113.0/24", "2001:db8::/32"],
+             "clusters": ["us-east"]},
+            {"name": "in", "countries": ["IN", "LK", "BD"], "clusters": ["ap-south"]},
+            {"name": "latam", "continents": ["SA"], "clusters": ["sa-east"]},
+        ],
+        "overrides": [
+            {"cidr": f"{10 + i // 2}.{(i * 37) % 256}.0.0/{16 if i % 2 else 20}",
+             "cluster": names[i % len(names)]}
+            for i in range(100)
+        ],
+    }  # fmt: skip
+    return parse(document)
+
+
+def plain_config(config: Config) -> Config:
+    """``config`` with its clusters and fallback only: no rules, overrides, bias or weights."""
+    clusters = tuple(replace(c, bias_km=0.0, weight=1.0) for c in config.clusters)
+    return replace(
+        config, clusters=clusters, rules=(), overrides=(), router=replace(config.router, tie_km=0.0)
+    )
+
+
 def decision_cost(ips: list[str], *, rounds: int = 5) -> dict[str, float]:
-    config = load(REPO / "clusters.toml")
+    config = plain_config(load(REPO / "clusters.toml"))
     raw = maxminddb.open_database(str(bundled_database()), maxminddb.MODE_MMAP_EXT)
     geo = GeoDatabase(None, cache_networks=65536, max_age_days=30, now=time.time())
     router = Router(Runtime.of(config), locator=geo, health=AssumeAllUp(), metrics=Metrics())
+    policy = Router(
+        Runtime.of(policy_config(config)), locator=geo, health=AssumeAllUp(), metrics=Metrics()
+    )
     try:
         cold_started = time.perf_counter()
         for ip in ips:
@@ -64,6 +111,7 @@ def decision_cost(ips: list[str], *, rounds: int = 5) -> dict[str, float]:
         raw_us = _best_per_op(raw.get, ips, rounds)
         decision_us = _best_per_op(lambda ip: router.decide(parse_address(ip)), ips, rounds)
         json_us = _best_per_op(lambda ip: router.decide(parse_address(ip)).as_json(), ips, rounds)
+        policy_us = _best_per_op(lambda ip: policy.decide(parse_address(ip)), ips, rounds)
     finally:
         raw.close()
         geo.close()
@@ -73,6 +121,8 @@ def decision_cost(ips: list[str], *, rounds: int = 5) -> dict[str, float]:
         "decision_first_pass_us": round(cold, 3),
         "decision_with_json_us": round(json_us, 3),
         "decision_over_raw": round(decision_us / raw_us, 3),
+        "policy_decision_us": round(policy_us, 3),
+        "policy_over_raw": round(policy_us / raw_us, 3),
     }
 
 

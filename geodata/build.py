@@ -27,6 +27,13 @@ COUNTRY = HERE / "georouter-test-country.mmdb"
 ASN = HERE / "georouter-test-asn.mmdb"
 
 
+# The continent of every country networks.csv names (MaxMind's `continent.code`).
+CONTINENT = {
+    "AU": "OC", "BR": "SA", "CN": "AS", "DE": "EU", "GB": "EU", "JP": "AS",
+    "NO": "EU", "SE": "EU", "US": "NA", "ZA": "AF",
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Row:
     network: str
@@ -57,6 +64,7 @@ def rows(path: Path = CSV_PATH) -> list[Row]:
 
 def city_record(row: Row) -> dict[str, object]:
     record: dict[str, object] = {
+        "continent": {"code": CONTINENT[row.country]},
         "country": {"iso_code": row.country, "names": {"en": row.country}},
         "registered_country": {"iso_code": row.country},
     }
@@ -76,7 +84,10 @@ def build(target_dir: Path = HERE) -> list[Path]:
         "georouter-test-city.mmdb": ("GeoIP2-City", city_record),
         "georouter-test-country.mmdb": (
             "GeoIP2-Country",
-            lambda r: {"country": {"iso_code": r.country}},
+            lambda r: {
+                "continent": {"code": CONTINENT[r.country]},
+                "country": {"iso_code": r.country},
+            },
         ),
         "georouter-test-asn.mmdb": (
             "GeoLite2-ASN",

@@ -7,6 +7,7 @@ top to bottom; a module imports only from layers below it (``import-linter``
 enforces it, see pyproject.toml)::
 
     cli             the `georouter` command: check, serve, route, demo
+    cli_explain     `georouter route --explain`: every cluster weighed, one line each
     cli_standin     `georouter standin NAME`: one stand-in cluster as a process (Compose)
     cli_diff        check --diff: what a reload would move (http.dryrun, sessions.census)
     demo/           run: stand-in clusters + an edge on one machine; standin: a cluster
@@ -15,10 +16,14 @@ enforces it, see pyproject.toml)::
                     1 prober process
     http/           app: the ASGI app, its lifespan owns every service, GET /v1/route
                     bypasses Starlette; routing: the routing API; status: clusters,
-                    healthz, readyz, metrics, OpenAPI; admin: session and config admin,
-                    lockout; limits: [limits] for every request; accesslog: a line per
+                    healthz, readyz, metrics, OpenAPI; exposition: /metrics through
+                    prometheus_client; responses: responses counted by status;
+                    admin: session and config admin,
+                    lockout; clusteradmin: drain, undrain, override; limits:
+                    [limits] for every request; accesslog: a line per
                     request; reload: clusters.toml re-read and swapped whole; common:
-                    what handlers share; openapi (+ openapi_parts): the API description
+                    what handlers share; openapi (+ openapi_parts, openapi_clusters):
+                    the API description
     router          locate -> rank -> resolve the session: plain orchestration
     runtime         the runtime snapshot: config + everything derived from it, one
                     value per request, swapped whole (``Router.swap``)
@@ -31,17 +36,28 @@ enforces it, see pyproject.toml)::
                     write-back queue), pipelining, deadline (a Redis deadline
                     blind to our own lag),
                     clients, embedded (the private redis-server), nearcache,
-                    outage, ids (session ids, signed cookies);
+                    outage, ids (session ids, signed cookies), controls (drains and
+                    overrides shared through Redis);
                     geoip: database (MaxMind DB lookups, cached per network);
-                    probes: active (health probes), board (health shared by workers);
-                    metricsboard: counters shared by workers
+                    probes: active (health probes), board (health shared by workers),
+                    passive (ejections from the data path), routable (probes,
+                    ejections, drains and overrides as the router's one view);
+                    metricsboard: counters and histograms shared by workers
+                    and the prober
     core/           pure: clientip, location, health (transitions, failure window),
-                    pin (the pin value and the pin rule), breaker, policy (ranking),
-                    decision, ratelimit (per-address budgets)
+                    pin (the pin value and the pin rule), breaker, policy (ranking:
+                    bias, residency rules applied, weighted ties), rules (which
+                    residency rule a client falls under), overrides (networks placed
+                    by the operator, longest prefix first), decision, ratelimit
+                    (per-address budgets), ejection (passive health transitions),
+                    controls (drains, forced states, and what they and health make
+                    routable)
     config/         model (frozen dataclasses), files (reading clusters.toml), parse
-                    (every problem with its key path), values (the checks of one
-                    value), diff (what a new file changes), redisurl
-    metrics         counters and their Prometheus text
+                    (every problem with its key path), sections (the tables after
+                    [router]), traffic ([[rules]] and [[overrides]]), values (the
+                    checks of one value), diff (what a new file changes), redisurl
+    metrics         counters and fixed-bucket histograms as plain values (the hot
+                    path's; merged across processes)
     errors          the one exception tree
 
 The core imports no I/O library, no clock, no randomness: it takes plain values

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from georouter import __version__, cli_diff, cli_geodata, cli_standin
+from georouter import __version__, cli_diff, cli_explain, cli_geodata, cli_standin
 from georouter.config import Config, RouterMode, load, load_version
 from georouter.config.redisurl import RedisMode, RedisTarget
 from georouter.core.clientip import IPAddress, parse_address
@@ -101,7 +101,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         config, info, _ = load_checked(path)
     except ConfigError as exc:
         return _report(path, exc)
-    print(f"{path}: ok: {len(config.clusters)} clusters, fallback {config.router.fallback}")
+    policy = "".join(
+        f", {len(table)} {noun}{'s' if len(table) != 1 else ''}"
+        for table, noun in ((config.rules, "rule"), (config.overrides, "override"))
+        if table
+    )
+    print(f"{path}: ok: {len(config.clusters)} clusters, fallback {config.router.fallback}{policy}")
     built = time.strftime("%Y-%m-%d", time.gmtime(info.build_epoch))
     print(f"GeoIP: {info.database_type} built {built} ({info.path})")
     _warn_if_stale(info)
@@ -299,10 +304,7 @@ def cmd_route(args: argparse.Namespace) -> int:
         print(demo.format_table(decisions, {}))
         if args.explain:
             for d in decisions:
-                print(f"\n{d['client_ip']}:")
-                for c in d["explain"]:  # type: ignore[attr-defined]
-                    dist = "-" if c["distance_km"] is None else f"{c['distance_km']:,.0f} km"
-                    print(f"  {c['cluster']:<20} {dist:>10}  {c['why']}")
+                print(cli_explain.explain_text(d))
     return 0
 
 

@@ -1,17 +1,18 @@
 """Counters shared between an edge's worker processes, so its ``/metrics`` is the edge's.
 
-Each worker has a slot in an anonymous shared memory block mapped before the
-workers are forked, and publishes its counters there (every second, and
-whenever it answers a scrape). The worker that answers a scrape adds its own
-live counters to every other slot. A slot only ever grows, because a
-replacement worker starts from the counts its slot holds (what the worker it
-replaces last published), so the edge's counters never go backwards and
+Each worker, and the prober, has a slot in an anonymous shared memory block
+mapped before they are forked, and publishes its counters and histograms there
+(every second, and a worker whenever it answers a scrape). The worker that
+answers a scrape adds its own live counts to every other slot. A slot only
+ever grows, because a replacement starts from the counts its slot holds (what
+the process it replaces last published), so the edge's counters never go back and
 Prometheus ``rate()`` holds. Writes are guarded by a sequence number, odd
 while a write is in progress, as on the health board.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import mmap
 import struct
@@ -37,8 +38,19 @@ class MetricsBoard:
         """Write ``snapshot`` to ``slot``; False if it does not fit (nothing written)."""
         body = orjson.dumps(
             {
-                name: [help_text, list(labels), [[*k, v] for k, v in values.items()]]
-                for name, (help_text, labels, values) in snapshot.items()
+                "counters": {
+                    name: [help_text, list(labels), [[*k, v] for k, v in rows.items()]]
+                    for name, (help_text, labels, rows) in snapshot.counters.items()
+                },
+                "histograms": {
+                    name: [
+                        help_text,
+                        list(labels),
+                        list(buckets),
+                        [[*k, v] for k, v in rows.items()],
+                    ]
+                    for name, (help_text, labels, buckets, rows) in snapshot.histograms.items()
+                },
             }
         )
         if _HEADER.size + len(body) > SLOT_BYTES:
@@ -56,15 +68,26 @@ class MetricsBoard:
         at = slot * SLOT_BYTES
         seq, length = _HEADER.unpack_from(self._mem, at)
         if seq == 0 or seq % 2:
-            return {}
+            return Snapshot()
         body = bytes(self._mem[at + _HEADER.size : at + _HEADER.size + length])
         if _HEADER.unpack_from(self._mem, at)[0] != seq:
-            return {}
+            return Snapshot()
         decoded = orjson.loads(body)
-        return {
-            name: (help_text, tuple(labels), {tuple(row[:-1]): row[-1] for row in rows})
-            for name, (help_text, labels, rows) in decoded.items()
-        }
+        return Snapshot(
+            {
+                name: (help_text, tuple(labels), {tuple(row[:-1]): row[-1] for row in rows})
+                for name, (help_text, labels, rows) in decoded["counters"].items()
+            },
+            {
+                name: (
+                    help_text,
+                    tuple(labels),
+                    tuple(buckets),
+                    {tuple(row[:-1]): row[-1] for row in rows},
+                )
+                for name, (help_text, labels, buckets, rows) in decoded["histograms"].items()
+            },
+        )
 
     def others(self, slot: int) -> list[Snapshot]:
         return [self.read(i) for i in range(self.slots) if i != slot]
@@ -93,3 +116,10 @@ class SharedMetrics:
 
     def others(self) -> list[Snapshot]:
         return self.board.others(self.slot)
+
+
+async def publish_metrics(shared: SharedMetrics, metrics: Metrics, *, every_s: float = 1.0) -> None:
+    """Keep a process's counts on the board for the workers' scrapes, until cancelled."""
+    while True:
+        shared.publish(metrics)
+        await asyncio.sleep(every_s)

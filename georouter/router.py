@@ -54,10 +54,14 @@ class Router:
         health: HealthView,
         metrics: Metrics,
         sessions: SessionMap | None = None,
+        pinned: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.runtime = runtime
         self._locator = locator
         self._health = health
+        # The clusters a pinned session may not stay on; health's unless told (a
+        # draining cluster takes no new sessions but keeps its pins until its deadline).
+        self._pinned = pinned or health.unroutable
         self._sessions = sessions
         self._decisions = metrics.family(
             "georouter_decisions_total",
@@ -70,8 +74,10 @@ class Router:
     ) -> Decision:
         """The decision to send a request to ``cluster`` because a cluster said so (a
         replay hint): its session, if any, is pinned there."""
-        location = self._locator.lookup(client_ip) if client_ip is not None else None
-        ranking = runtime.rank(location, self._health.unroutable())
+        location, ranking = self._rank(runtime, client_ip, session_id, self._health.unroutable())
+        if cluster in ranking.forbidden:
+            # A cluster's hint never takes a client out of its strict rule.
+            return await self.route(client_ip, session_id, runtime)
         view = None
         if session_id is not None and self._sessions is not None:
             pin, _, degraded = await self._sessions.move(session_id, cluster)
@@ -89,6 +95,27 @@ class Router:
     def swap(self, runtime: Runtime) -> None:
         """Route every request that starts from now on with ``runtime``."""
         self.runtime = runtime
+
+    def _rank(
+        self,
+        rt: Runtime,
+        client_ip: IPAddress | None,
+        session_id: str | None,
+        unroutable: Mapping[str, str],
+    ) -> tuple[Location | None, Ranking]:
+        """Locate the client (its override first) and rank the clusters for it."""
+        if client_ip is None:
+            return None, rt.rank(None, unroutable)
+        location, override = rt.locate(client_ip, self._locator.lookup)
+        spread: str | bytes | None = None
+        if rt.weighted:
+            # New sessions split by a hash of their id (hashed only if a split is due),
+            # so every edge draws the same cluster.
+            spread = session_id if session_id is not None else client_ip.packed
+        ranking = rt.rank(
+            location, unroutable, client_ip=client_ip, spread=spread, override=override
+        )
+        return location, ranking
 
     def _decision(
         self,
@@ -117,12 +144,16 @@ class Router:
     ) -> Decision:
         """The cluster for a client at ``client_ip`` with no session (None: no address)."""
         rt = runtime or self.runtime
-        location = self._locator.lookup(client_ip) if client_ip is not None else None
-        return self._decision(client_ip, location, rt.rank(location, self._unroutable(avoid)))
+        location, ranking = self._rank(rt, client_ip, None, self._unroutable(avoid))
+        return self._decision(client_ip, location, ranking)
 
     def _unroutable(self, avoid: Mapping[str, str] | None) -> Mapping[str, str]:
         unroutable = self._health.unroutable()
         return {**unroutable, **avoid} if avoid else unroutable
+
+    def unroutable(self) -> Mapping[str, str]:
+        """The clusters a new session may not go to now, with why."""
+        return self._health.unroutable()
 
     async def route(
         self,
@@ -139,27 +170,38 @@ class Router:
         instead of being pinned (the caller's client is over its budget).
         ``avoid``: clusters (and why) this request must not go to besides those
         health rules out, such as one the data path just failed to reach; a
-        session pinned to one moves (``failover``).
+        session pinned to one moves (``failover``). A session pinned to a cluster
+        the client's strict rule keeps it out of moves too (``rule``).
         """
         if session_id is None or self._sessions is None:
             return self.decide(client_ip, runtime, avoid=avoid)
         rt = runtime or self.runtime
-        location = self._locator.lookup(client_ip) if client_ip is not None else None
         unroutable = self._unroutable(avoid)
-        ranking = rt.rank(location, unroutable)
+        location, ranking = self._rank(rt, client_ip, session_id, unroutable)
         chosen = ranking.chosen_at
         preferred = ranking.order[chosen][0].name if chosen is not None else None
+        pinned = self._pinned()
+        if avoid:
+            pinned = {**pinned, **avoid}
+        usable = rt.usable(pinned)
+        refused: list[str] = []
+        if ranking.forbidden:
+            usable = _noting(rt.usable(pinned, ranking.forbidden), ranking.forbidden, refused)
         pin, why, degraded = await self._sessions.resolve(
-            session_id, preferred, rt.usable(unroutable), may_create=may_create
+            session_id, preferred, usable, may_create=may_create
         )
         if why is Why.REFUSED:
             raise NewSessionRefused(session_id)
         view = SessionView(session_id, pin, degraded, new=why is Why.NEW)
         if why is not Why.STICKY or pin is None:
-            return self._decision(client_ip, location, ranking, view, _REASONS.get(why))
+            reason = _REASONS.get(why)
+            if why is Why.FAILOVER and refused:
+                # Its pin was to a cluster its rule forbids, whatever that cluster's health.
+                reason = Reason.RULE
+            return self._decision(client_ip, location, ranking, view, reason)
         cluster = rt.clusters[pin.cluster]
         distance = None
-        if ranking.reason is Reason.NEAREST:
+        if ranking.reason in (Reason.NEAREST, Reason.WEIGHT):
             # The order already holds the distance to every cluster.
             for ranked, d in ranking.order:
                 if ranked is cluster:
@@ -167,6 +209,20 @@ class Router:
                     break
         self._decisions[(Reason.STICKY, cluster.name)] += 1
         return Decision(cluster, Reason.STICKY, client_ip, location, distance, ranking, view)
+
+
+def _noting(
+    allowed: Callable[[str], bool], forbidden: frozenset[str], refused: list[str]
+) -> Callable[[str], bool]:
+    """``allowed``, noting in ``refused`` each cluster it turned down for the rule."""
+
+    def usable(name: str) -> bool:
+        if name in forbidden:
+            refused.append(name)
+            return False
+        return allowed(name)
+
+    return usable
 
 
 __all__ = ["AssumeAllUp", "Decision", "HealthView", "Locator", "Reason", "Router"]

@@ -1,9 +1,10 @@
 """The runtime snapshot: the configuration and everything derived from it, as one value.
 
 ``Runtime.of(config)`` is a pure function of the configuration: the cluster
-index, the fallback order, the trust rule for forwarding headers, and the
-cluster order for a client's position. A request reads the router's snapshot
-once and uses only it; a reload will build a new one beside it and swap the
+index, the fallback order, the trust rule for forwarding headers, the
+residency rules and location overrides indexed for lookup, and the cluster
+order for a client's position. A request reads the router's snapshot once
+and uses only it; a reload will build a new one beside it and swap the
 reference (``Router.swap``), so no request ever sees half of each. Nothing
 else copies configuration.
 """
@@ -13,14 +14,32 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from georouter.config import Cluster, Config
-from georouter.core.clientip import TrustRule
-from georouter.core.location import Location
-from georouter.core.policy import Order, Ranking, Reason, choose, fallback_order, nearest_order
+from georouter.config import Cluster, Config, Override
+from georouter.core.clientip import IPAddress, TrustRule
+from georouter.core.location import Location, LocationSource, Precision
+from georouter.core.overrides import OverrideTable
+from georouter.core.policy import (
+    Order,
+    Ranking,
+    Reason,
+    arrange,
+    choose,
+    fallback_order,
+    nearest_order,
+    unmeasured,
+)
+from georouter.core.rules import RuleBook
 
 # Distinct client positions whose cluster order is remembered; GeoIP databases
 # place most addresses at a few thousand city centroids.
 ORDER_CACHE_SIZE = 65536
+# Points GeoIP databases give an address they know only the country of; MaxMind's
+# records without a city are caught by their precision, these whatever the record.
+DEFAULT_POINTS = frozenset({(37.751, -97.822)})
+
+# (lat, lon, rule index or -1, country-level) for a position's order; a string
+# first for the orders built around a cluster.
+_OrderKey = tuple[object, ...]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -29,14 +48,18 @@ class Runtime:
     clusters: Mapping[str, Cluster]
     trust: TrustRule
     fallback_order: Order
-    # The order for a position depends only on the position and the clusters (health
-    # only picks within it): computed once per position, for this snapshot's life.
-    _orders: dict[tuple[float, float], Order] = field(default_factory=dict, repr=False)
-    # The last health view seen and its routable names: a health view is one value
-    # until health changes, so nearly every request reuses the test.
-    _routable: list[tuple[Mapping[str, str], Callable[[str], bool]]] = field(
+    rules: RuleBook
+    overrides: OverrideTable
+    # The order for a position depends only on the position, the clusters and the
+    # client's rule (health only picks within it): computed once per position.
+    _orders: dict[_OrderKey, Order] = field(default_factory=dict, repr=False)
+    # The last health view seen and its routable names, per rule: a health view is
+    # one value until health changes, so nearly every request reuses the test.
+    _routable: list[tuple[Mapping[str, str], dict[frozenset[str], Callable[[str], bool]]]] = field(
         default_factory=list, repr=False
     )
+    # Locations built for overridden networks, by override and database answer.
+    _placed: dict[tuple[int, Location | None], Location] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, config: Config) -> Runtime:
@@ -49,31 +72,157 @@ class Runtime:
                 max_hops=config.router.max_forwarded_hops,
             ),
             fallback_order=fallback_order(config.clusters, config.router.fallback),
+            rules=RuleBook(config.rules, config.clusters),
+            overrides=OverrideTable(config.overrides),
         )
 
-    def order(self, location: Location | None) -> tuple[Order, Reason]:
-        """The clusters in order of preference for a client at ``location``: by
-        distance, or without a point to measure from, the fallback order."""
+    @property
+    def weighted(self) -> bool:
+        """Whether a ranking may split new sessions by weight (callers pass a spread)."""
+        return self.config.router.tie_km > 0
+
+    def coarse(self, location: Location) -> bool:
+        """Whether ``location`` is only a country-level guess (see README, [geoip])."""
+        if location.precision is Precision.COUNTRY:
+            return True
+        accuracy = location.accuracy_km
+        if accuracy is not None and accuracy > self.config.geoip.max_accuracy_km:
+            return True
+        return (location.lat, location.lon) in DEFAULT_POINTS
+
+    def order(self, location: Location | None, rule: int | None = None) -> tuple[Order, Reason]:
+        """The clusters in order of preference for a client at ``location`` (under
+        rule number ``rule``): by distance; for a country-level location, from its
+        point but without claiming a distance; without a point, the fallback order."""
         if location is None or location.lat is None or location.lon is None:
-            return self.fallback_order, Reason.FALLBACK
-        point = (location.lat, location.lon)
-        order = self._orders.get(point)
+            return self._cached(("fallback", rule), self._fallback), Reason.FALLBACK
+        coarse = self.coarse(location)
+        key = (location.lat, location.lon, -1 if rule is None else rule, coarse)
+        order = self._orders.get(key)
         if order is None:
             if len(self._orders) >= ORDER_CACHE_SIZE:
                 self._orders.clear()
-            order = self._orders[point] = nearest_order(*point, self.config.clusters)
-        return order, Reason.NEAREST
+            order = nearest_order(location.lat, location.lon, self.config.clusters)
+            if coarse:
+                order = unmeasured(order)
+            if rule is not None:
+                order = arrange(order, self.rules.rules[rule])
+            self._orders[key] = order
+        return order, Reason.COUNTRY if coarse else Reason.NEAREST
 
-    def rank(self, location: Location | None, unroutable: Mapping[str, str]) -> Ranking:
-        """The ranking for a client at ``location``: its order, the first routable chosen."""
-        order, reason = self.order(location)
-        return choose(order, reason, unroutable)
+    def _fallback(self) -> Order:
+        return self.fallback_order
 
-    def usable(self, unroutable: Mapping[str, str]) -> Callable[[str], bool]:
-        """Whether a session pinned to a cluster may stay there: configured, routable."""
+    def _cached(self, key: _OrderKey, build: Callable[[], Order]) -> Order:
+        order = self._orders.get(key)
+        if order is None:
+            order = build()
+            rule = key[-1]
+            if isinstance(rule, int):
+                order = arrange(order, self.rules.rules[rule])
+            self._orders[key] = order
+        return order
+
+    def rank(
+        self,
+        location: Location | None,
+        unroutable: Mapping[str, str],
+        *,
+        client_ip: IPAddress | None = None,
+        spread: int | str | bytes | None = None,
+        override: Override | None = None,
+    ) -> Ranking:
+        """The ranking for a client at ``location``: its order (its rule's clusters
+        first), the first routable allowed cluster chosen, or with ``router.tie_km``
+        one within reach of it drawn by ``spread`` (a hash, or a session id or
+        address bytes to hash, see ``policy.choose``)."""
+        rule_at = self.rules.match(location, client_ip) if self.rules else None
+        if override is not None and override.cluster is not None:
+            name = override.cluster
+            order = self._cached(
+                ("override", name, rule_at),
+                lambda: fallback_order(self.config.clusters, name),
+            )
+            reason, anchor = Reason.OVERRIDE, name
+        else:
+            order, reason = self.order(location, rule_at)
+            anchor = self.config.router.fallback if reason is Reason.FALLBACK else ""
+        if rule_at is None:
+            return choose(
+                order,
+                reason,
+                unroutable,
+                tie_km=self.config.router.tie_km,
+                spread=spread,
+                anchor=anchor,
+            )
+        return choose(
+            order,
+            reason,
+            unroutable,
+            rule=self.rules.rules[rule_at],
+            forbidden=self.rules.forbidden[rule_at],
+            tie_km=self.config.router.tie_km,
+            spread=spread,
+            anchor=anchor,
+        )
+
+    def locate(
+        self, ip: IPAddress, lookup: Callable[[IPAddress], Location | None]
+    ) -> tuple[Location | None, Override | None]:
+        """Where ``ip`` is: its override's place if one holds it (longest prefix
+        first), else what ``lookup`` (the GeoIP database) says."""
+        found = lookup(ip)
+        if not self.overrides:
+            return found, None
+        override = self.overrides.lookup(ip)
+        if override is None:
+            return found, None
+        key = (id(override), found)
+        placed = self._placed.get(key)
+        if placed is None:
+            if len(self._placed) >= ORDER_CACHE_SIZE:
+                self._placed.clear()
+            placed = self._placed[key] = _placed(override, found, self.clusters)
+        return placed, override
+
+    def usable(
+        self, unroutable: Mapping[str, str], forbidden: frozenset[str] = frozenset()
+    ) -> Callable[[str], bool]:
+        """Whether a session pinned to a cluster may stay there: configured, routable,
+        and not kept out by the client's strict rule (``forbidden``)."""
         last = self._routable
-        if last and last[0][0] is unroutable:
-            return last[0][1]
-        test = frozenset(n for n in self.clusters if n not in unroutable).__contains__
-        self._routable[:] = [(unroutable, test)]
+        if not last or last[0][0] is not unroutable:
+            self._routable[:] = [(unroutable, {})]
+        tests = self._routable[0][1]
+        # One test per forbidden set (a frozenset keeps its hash) while health holds.
+        test = tests.get(forbidden)
+        if test is None:
+            names = frozenset(n for n in self.clusters if n not in unroutable)
+            test = tests[forbidden] = (names - forbidden).__contains__
         return test
+
+
+def _placed(
+    override: Override, found: Location | None, clusters: Mapping[str, Cluster]
+) -> Location:
+    if override.cluster is not None:
+        at = clusters[override.cluster]
+        lat, lon = at.lat, at.lon
+    else:
+        assert override.lat is not None
+        assert override.lon is not None
+        lat, lon = override.lat, override.lon
+    # Where the override says nothing of the country, the database's still holds for
+    # the residency rules; where it says either, both are its own.
+    country, continent = override.country, override.continent
+    if country is None and continent is None and found is not None:
+        country, continent = found.country, found.continent
+    return Location(
+        lat=lat,
+        lon=lon,
+        country=country,
+        accuracy_km=None,
+        source=LocationSource.OVERRIDE,
+        continent=continent,
+    )

@@ -10,6 +10,7 @@ import httpx
 import jsonschema_rs
 import pytest
 from asgi_lifespan import LifespanManager
+from prometheus_client.parser import text_string_to_metric_families
 
 from georouter.config import parse
 from georouter.demo.standin import StandIn
@@ -65,7 +66,9 @@ async def test_route_answers_the_nearest_cluster_with_the_documented_fields(
             "lat": 51.5074,
             "lon": -0.1278,
             "country": "GB",
+            "continent": "EU",
             "accuracy_km": 10.0,
+            "precision": "point",
             "source": "geoip",
         },
         "distance_km": 463.3,
@@ -332,9 +335,16 @@ async def test_liveness_metrics_and_openapi(standins: dict[str, StandIn]) -> Non
         metrics = await api.get("/metrics")
         spec = await api.get("/openapi.json")
     assert healthz.json() == {"status": "ok"}
-    assert 'georouter_decisions_total{reason="nearest",cluster="eu-west"} 1' in metrics.text
-    assert 'georouter_decisions_total{reason="fallback",cluster="us-east"} 1' in metrics.text
-    assert "georouter_clusters_up 5" in metrics.text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics.text)
+        for s in family.samples
+    }
+    nearest = (("cluster", "eu-west"), ("reason", "nearest"))
+    fallback = (("cluster", "us-east"), ("reason", "fallback"))
+    assert samples["georouter_decisions_total", nearest] == 1
+    assert samples["georouter_decisions_total", fallback] == 1
+    assert samples["georouter_clusters_up", ()] == 5
     paths = spec.json()["paths"]
     assert {"/v1/route", "/v1/clusters", "/healthz", "/readyz"} <= set(paths)
     assert set(paths["/v1/route"]) == {"get", "post"}

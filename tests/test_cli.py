@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import re
 import subprocess
@@ -151,16 +153,46 @@ def test_route_names_a_bad_address_argument(write_config: Callable[[str], Path])
     assert "argument ADDR: '1.2.3.999' is not an IPv4 or IPv6 address" in result.stderr
 
 
+def _table_rows(out: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in out.splitlines():
+        words = line.split()
+        with contextlib.suppress(IndexError, ValueError):
+            ipaddress.ip_address(words[0])
+            rows[words[0]] = words
+    return rows
+
+
 def test_demo_routes_real_addresses_through_a_real_edge() -> None:
     result = run("demo", "--once", "--listen", "127.0.0.1:0", timeout=120)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "11 stand-in clusters on loopback" in out
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:] if line.strip()}
+    assert "in front of 11 demo clusters on loopback" in out
+    rows = _table_rows(out)
     assert rows["81.2.69.142"][3] == "eu-west"
     assert rows["1.0.16.1"][3] == "ap-northeast"
     assert rows["203.2.218.214"][3] == "ap-sydney"
     assert rows["10.1.2.3"][-1] == "fallback"
+
+
+def test_demo_tour_shows_a_session_sticking_failing_over_draining_and_a_websocket() -> None:
+    result = run("demo", "--once", "--listen", "127.0.0.1:0", timeout=120)
+    assert result.returncode == 0, result.stderr
+    answers = re.findall(r"HTTP (\d+)  cluster (\S+)  reason (\S+)", result.stdout)
+    first, *sticky = answers[:3]
+    assert first == ("200", "eu-west", "nearest")
+    assert sticky == [("200", "eu-west", "sticky")] * 2, "the cookie kept it on eu-west"
+    failover, after = answers[3:5]
+    moved = failover[1]
+    assert failover == ("200", moved, "failover")
+    assert moved != "eu-west"
+    assert after == ("200", moved, "sticky")
+    assert re.search(rf"\n   HTTP 200 .*\"{moved}\"", result.stdout), "the drain was accepted"
+    pinned, fresh = answers[5:7]
+    assert pinned == ("200", moved, "sticky"), "a drained cluster keeps its pinned sessions"
+    assert fresh[0] == "200"
+    assert fresh[1] not in (moved, "eu-west"), "a new session avoids the drained cluster"
+    assert f"got '{moved}: hello'" in result.stdout, "the WebSocket stayed on its cluster"
 
 
 @pytest.mark.parametrize(

@@ -168,7 +168,9 @@ def cluster(**overrides: object) -> str:
         pytest.param(
             cluster(health_url='"x"'), "clusters[0].health_url: must be an http", id="health-url"
         ),
-        pytest.param(cluster(weight=3), "clusters[0].weight: unknown key", id="cluster-unknown"),
+        pytest.param(
+            cluster(priority=3), "clusters[0].priority: unknown key", id="cluster-unknown"
+        ),
         pytest.param(
             cluster() + '\n[router]\nfallback = "nowhere"',
             "router.fallback: names no cluster: 'nowhere'",

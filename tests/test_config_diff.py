@@ -81,3 +81,31 @@ def test_only_a_new_order_of_the_same_clusters_is_a_change() -> None:
     change = compare(config("a", "b"), config("b", "a", router={"fallback": "a"}))
     assert change.changed == ("clusters (order)",)
     assert not change.empty
+
+
+def test_data_path_keys_built_into_the_app_need_a_restart_and_the_rest_reload() -> None:
+    old = config("a", "b", router={"mode": "proxy"})
+    reloadable = config(
+        "a",
+        "b",
+        router={"mode": "proxy"},
+        proxy={"read_timeout_s": 5, "retries": 0, "preserve_host": False},
+        sessions={"learn": ["cookie:JSESSIONID"], "query": "_s", "cookie_secure": False},
+    )
+    assert compare(old, reloadable).needs_restart == ()
+    restart = config(
+        "a",
+        "b",
+        router={"mode": "proxy", "api_prefix": "/_edge", "admin_listen": "127.0.0.1:9090"},
+        proxy={"max_connections": 64, "max_keepalive": 8, "max_body_bytes": 1, "body_idle_s": 1},
+    )
+    assert set(compare(old, restart).needs_restart) == {
+        "router.api_prefix",
+        "router.admin_listen",
+        "proxy.max_connections",
+        "proxy.max_keepalive",
+        "proxy.max_body_bytes",
+        "proxy.body_idle_s",
+    }
+    # Back to api mode: the endpoints' prefix, "/_georouter" in proxy mode, is "" again.
+    assert set(compare(old, config("a", "b")).needs_restart) == {"router.mode", "router.api_prefix"}

@@ -52,26 +52,29 @@ def route(edge: Edge, ip: str) -> dict[str, object]:
 
 
 @pytest.mark.parametrize(
-    ("ip", "country", "cluster"),
+    ("ip", "country", "cluster", "reason"),
     [
-        pytest.param("81.2.69.142", "GB", "eu-west", id="london"),
-        pytest.param("80.156.1.1", "DE", "eu-central", id="germany"),
-        pytest.param("196.25.1.1", "ZA", "af-south", id="johannesburg"),
-        pytest.param("1.0.16.1", "JP", "ap-northeast", id="tokyo"),
-        pytest.param("203.2.218.214", "AU", "ap-sydney", id="sydney"),
-        pytest.param("200.160.2.3", "BR", "sa-east", id="rio"),
-        pytest.param("103.21.244.1", "US", "us-east", id="ashburn"),
-        pytest.param("2001:4860:4860::8888", "US", "us-west", id="mountain-view-ipv6"),
+        pytest.param("81.2.69.142", "GB", "eu-west", "nearest", id="london"),
+        # The snapshot knows only the country (no city: Germany's default point).
+        pytest.param("80.156.1.1", "DE", "eu-central", "country", id="germany"),
+        pytest.param("196.25.1.1", "ZA", "af-south", "nearest", id="johannesburg"),
+        pytest.param("1.0.16.1", "JP", "ap-northeast", "nearest", id="tokyo"),
+        pytest.param("203.2.218.214", "AU", "ap-sydney", "nearest", id="sydney"),
+        pytest.param("200.160.2.3", "BR", "sa-east", "country", id="rio"),
+        # A city, but within 1000 km: over [geoip] max_accuracy_km (500).
+        pytest.param("103.21.244.1", "US", "us-east", "country", id="ashburn"),
+        pytest.param("2001:4860:4860::8888", "US", "us-west", "nearest", id="mountain-view-ipv6"),
     ],
 )
 def test_real_addresses_go_to_their_nearest_cluster(
-    edge: Edge, ip: str, country: str, cluster: str
+    edge: Edge, ip: str, country: str, cluster: str, reason: str
 ) -> None:
     body = route(edge, ip)
     assert body["cluster"] == cluster
-    assert body["reason"] == "nearest"
+    assert body["reason"] == reason
     assert body["location"]["country"] == country  # type: ignore[index]
-    assert isinstance(body["distance_km"], float)
+    # A country-level location is ranked from the country's point, claiming no distance.
+    assert isinstance(body["distance_km"], float) == (reason == "nearest")
 
 
 def test_clients_move_to_the_next_nearest_when_a_cluster_dies_and_back_when_it_returns(

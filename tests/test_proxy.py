@@ -261,7 +261,7 @@ def test_a_new_client_gets_a_signed_cookie_and_its_session_stays_on_its_cluster(
     assert all("invented-session-id" not in key for key in client.keys("*"))
 
 
-def test_a_hundred_sessions_started_at_once_each_stay_where_they_began(
+def test_three_hundred_sessions_started_at_once_each_stay_where_they_began(
     upstreams: Callable[..., Upstream],
     redis_server: RedisServer,
     write_config: Callable[[str], Path],

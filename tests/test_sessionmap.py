@@ -66,10 +66,7 @@ def same_pin(a: Pin, b: Pin) -> bool:
 
 
 def counter(metrics: Metrics, name: str) -> int:
-    for line in metrics.render().splitlines():
-        if line.startswith(name + " "):
-            return int(float(line.split()[-1]))
-    return 0
+    return int(metrics.value(name))
 
 
 def redis_calls(redis_server: RedisServer, *commands: str) -> int:

@@ -137,6 +137,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             return
         status = int(path.removeprefix("/status/")) if path.startswith("/status/") else 200
+        if up.mode == "error":
+            status = 503
         body = json.dumps(
             {
                 "cluster": up.name,
@@ -194,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class Upstream:
-    """One application cluster; ``mode`` is "ok", "reset" or "hang"."""
+    """One application cluster; ``mode`` is "ok", "reset", "hang" or "error" (503)."""
 
     def __init__(self, name: str) -> None:
         self.name = name

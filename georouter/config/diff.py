@@ -16,19 +16,34 @@ from georouter.config.model import Config
 # Read per request from the runtime snapshot, so a reload takes them. Every
 # other [sessions] key shapes the Redis client or the session map, built once.
 RELOADABLE_SESSION_KEYS = frozenset(
-    {"cookie", "header", "unsigned_sources", "query", "cookie_secure"}
+    {"cookie", "header", "unsigned_sources", "query", "cookie_secure", "learn"}
 )
 # Built once at start: the GeoIP reader and its cache, the request limits and
 # the per-address budgets.
 RESTART_SECTIONS = ("geoip", "limits")
 # Read again at each turn by the GeoIP watcher and updater, so a reload takes them.
 RELOADABLE_GEOIP_KEYS = frozenset(
-    {"geoip.watch_s", "geoip.update_url", "geoip.update_sha256_url", "geoip.update_interval_h"}
+    {
+        "geoip.watch_s",
+        "geoip.update_url",
+        "geoip.update_sha256_url",
+        "geoip.update_interval_h",
+        # Read per request from the runtime snapshot.
+        "geoip.max_accuracy_km",
+    }
 )
-# What the app and its one proxy client are built around: the rest of [router]
-# and [proxy] is read per request.
+# What the app, its listeners, its body limits and its connection pools are built
+# around: the rest of [router] and [proxy] is read per request.
 RESTART_KEYS = frozenset(
-    {"router.mode", "router.api_prefix", "proxy.max_connections", "proxy.max_keepalive"}
+    {
+        "router.mode",
+        "router.api_prefix",
+        "router.admin_listen",
+        "proxy.max_connections",
+        "proxy.max_keepalive",
+        "proxy.max_body_bytes",
+        "proxy.body_idle_s",
+    }
 )
 
 
@@ -81,6 +96,13 @@ def compare(old: Config, new: Config) -> ConfigChange:
     ):
         # Only the order moved: it breaks distance ties and names the default fallback.
         changed.append("clusters (order)")
+    for name in common:
+        for key in ("bias_km", "weight"):
+            if getattr(before[name], key) != getattr(after[name], key):
+                changed.append(f"clusters.{name}.{key}")
+    for table in ("rules", "overrides"):
+        if getattr(old, table) != getattr(new, table):
+            changed.append(table)
     needs_restart = [
         key
         for key in changed

@@ -34,6 +34,42 @@ class Cluster:
     lat: float
     lon: float
     health_url: str | None = None
+    # Subtracted from a client's distance to this cluster when ranking: positive
+    # grows its catchment, negative shrinks it (Route 53 geoproximity bias).
+    bias_km: float = 0.0
+    # Its share of new sessions among clusters within `router.tie_km` of the nearest.
+    weight: float = 1.0
+
+
+# MaxMind's continent codes, as the GeoIP2 record's `continent.code` gives them.
+CONTINENTS = frozenset({"AF", "AN", "AS", "EU", "NA", "OC", "SA"})
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A residency rule: clients it matches (by country, continent or address; any
+    of them) go to its clusters, only (``strict``) or first."""
+
+    name: str
+    clusters: tuple[str, ...]
+    strict: bool = False
+    countries: frozenset[str] = frozenset()
+    continents: frozenset[str] = frozenset()
+    cidrs: tuple[Network, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A network whose location the GeoIP database gets wrong: its clients are at
+    ``cluster`` (ranked from it, it first) or at ``lat``/``lon``. ``country`` and
+    ``continent``, if either is set, replace the database's for the residency rules."""
+
+    cidr: Network
+    cluster: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    country: str | None = None
+    continent: str | None = None
 
 
 class RouterMode(StrEnum):
@@ -67,6 +103,9 @@ class RouterSettings:
     # How often a running edge looks for a changed config file (0: only on SIGHUP
     # or POST /v1/config/reload).
     watch_config_s: float = 2.0
+    # Clusters whose biased distances are within this of the nearest share its new
+    # sessions by `weight` (0: off, the nearest takes them all).
+    tie_km: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +123,9 @@ class GeoipSettings:
     # A file whose first word is the download's SHA-256 (MaxMind's `.sha256`).
     update_sha256_url: str | None = None
     update_interval_h: float = 24.0
+    # A location less precise than this (its accuracy radius, km) is a country-level
+    # guess: not ranked as if its point were the client's.
+    max_accuracy_km: float = 500.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +146,14 @@ class HealthSettings:
     expect_body: str = ""
     # The most of a probe's body that is read; a longer body fails the probe.
     max_body_bytes: int = 65536
+    # Passive health (Envoy's outlier detection): this many connection errors or
+    # 5xx answers in a row on the data path eject a cluster (0: off) for
+    # `ejection_s`, doubled on each repeat up to `max_ejection_s`; at most
+    # `max_ejected_share` of the clusters are ejected at once.
+    passive_failures: int = 5
+    ejection_s: float = 30.0
+    max_ejection_s: float = 300.0
+    max_ejected_share: float = 0.5
 
 
 class SessionSource(StrEnum):
@@ -222,3 +272,5 @@ class Config:
     sessions: SessionSettings = field(default_factory=SessionSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    rules: tuple[Rule, ...] = ()
+    overrides: tuple[Override, ...] = ()

@@ -30,6 +30,7 @@ from georouter.config.sections import (
     parse_proxy,
     parse_sessions,
 )
+from georouter.config.traffic import parse_overrides, parse_rules
 from georouter.config.values import (
     Invalid,
     Section,
@@ -63,10 +64,20 @@ def _parse_cluster(table: Any, path: str, problems: list[Problem]) -> Cluster | 
     lat = s.get("lat", number(-90, 90), 0.0, required=True)
     lon = s.get("lon", number(-180, 180), 0.0, required=True)
     health_url = s.get("health_url", http_url, None)
+    bias_km = s.get("bias_km", number(-20_000, 20_000), 0.0)
+    weight = s.get("weight", number(0, 1_000_000), 1.0)
     s.finish()
     if len(problems) > before:
         return None
-    return Cluster(name=name, url=url, lat=lat, lon=lon, health_url=health_url)
+    return Cluster(
+        name=name,
+        url=url,
+        lat=lat,
+        lon=lon,
+        health_url=health_url,
+        bias_km=bias_km,
+        weight=weight,
+    )
 
 
 def parse(document: Mapping[str, Any], *, base_dir: Path | None = None) -> Config:
@@ -144,6 +155,7 @@ def parse(document: Mapping[str, Any], *, base_dir: Path | None = None) -> Confi
         ),
         max_forwarded_hops=r.get("max_forwarded_hops", count(1, 100), 20),
         watch_config_s=r.get("watch_config_s", number(0, 3600), 2.0),
+        tie_km=r.get("tie_km", number(0, 20_000), 0.0),
     )
     r.finish()
 
@@ -164,6 +176,12 @@ def parse(document: Mapping[str, Any], *, base_dir: Path | None = None) -> Confi
     proxy = parse_proxy(document.get("proxy", {}), problems)
     top.seen.add("proxy")
 
+    rules = parse_rules(document.get("rules", []), names_at, problems)
+    top.seen.add("rules")
+
+    overrides = parse_overrides(document.get("overrides", []), names_at, problems)
+    top.seen.add("overrides")
+
     top.finish()
     if problems:
         raise ConfigError(problems)
@@ -175,6 +193,8 @@ def parse(document: Mapping[str, Any], *, base_dir: Path | None = None) -> Confi
         sessions=sessions,
         limits=limits,
         proxy=proxy,
+        rules=rules,
+        overrides=overrides,
     )
 
 

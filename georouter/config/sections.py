@@ -76,6 +76,7 @@ def parse_geoip(table: Any, problems: list[Problem], base_dir: Path | None) -> G
         update_sha256_url=update_sha256_url,
         # At least an hour: MaxMind publishes twice a week and limits daily downloads.
         update_interval_h=g.get("update_interval_h", number(1, 8760), 24.0),
+        max_accuracy_km=g.get("max_accuracy_km", number(1, 100_000), 500.0),
     )
     g.finish()
     return geoip
@@ -104,6 +105,20 @@ def _download_url(value: Any) -> str | Invalid:
     if any(ch.isspace() or not ch.isprintable() for ch in value):
         return Invalid(f"must not contain whitespace or control characters: {quoted(value)}")
     return value
+
+
+def _passive(h: Section, defaults: HealthSettings) -> dict[str, Any]:
+    """The passive health keys of ``[health]`` (outlier ejection on the data path)."""
+    ejection_s = h.get("ejection_s", number(0.1, 86400), defaults.ejection_s)
+    max_ejection_s = h.get("max_ejection_s", number(0.1, 86400), defaults.max_ejection_s)
+    if h.valid("ejection_s", "max_ejection_s") and max_ejection_s < ejection_s:
+        h.problem("max_ejection_s", f"must be at least ejection_s ({fmt(ejection_s)})")
+    return {
+        "passive_failures": h.get("passive_failures", count(0, 1000), defaults.passive_failures),
+        "ejection_s": ejection_s,
+        "max_ejection_s": max_ejection_s,
+        "max_ejected_share": h.get("max_ejected_share", number(0, 1), defaults.max_ejected_share),
+    }
 
 
 def parse_health(table: Any, problems: list[Problem]) -> HealthSettings:
@@ -155,6 +170,7 @@ def parse_health(table: Any, problems: list[Problem]) -> HealthSettings:
         expect_status=h.get("expect_status", statuses, defaults.expect_status),
         expect_body=expect_body,
         max_body_bytes=max_body_bytes,
+        **_passive(h, defaults),
     )
     h.finish()
     return settings

@@ -49,9 +49,16 @@ class Decision(NamedTuple):
         }
         if self.session is not None:
             body["session"] = self.session.as_json()
+        rule = self.ranking.rule
+        if rule is not None:
+            # The residency rule the client falls under, so a 503 says which one held.
+            body["rule"] = rule.name
         if self.cluster is None:
             body["error"] = "no_routable_cluster"
-            body["message"] = "no cluster can take this client: " + _why_none(self.ranking)
+            whom = "no cluster"
+            if rule is not None and rule.strict:
+                whom = f"no cluster allowed by strict rule {rule.name!r}"
+            body["message"] = f"{whom} can take this client: " + _why_none(self.ranking)
         if explain:
             body["explain"] = [c.as_json() for c in self.ranking.candidates]
         return body

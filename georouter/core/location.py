@@ -8,6 +8,18 @@ from enum import StrEnum
 
 class LocationSource(StrEnum):
     GEOIP = "geoip"
+    # An `[[overrides]]` entry of the configuration.
+    OVERRIDE = "override"
+
+
+class Precision(StrEnum):
+    """How much the point of a location says about the client."""
+
+    # A city-level (or better) position, as precise as its `accuracy_km`.
+    POINT = "point"
+    # The database knows only the country: its point is the country's default
+    # (MaxMind's US centroid 37.751, -97.822 and the like), not the client's.
+    COUNTRY = "country"
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +32,9 @@ class Location:
     country: str | None
     accuracy_km: float | None
     source: LocationSource
+    # MaxMind's continent code (EU, NA, AS, ...), which residency rules may match.
+    continent: str | None = None
+    precision: Precision = Precision.POINT
     # Built once: a location is shared by every address of its database network.
     _json: dict[str, object] = field(init=False, repr=False, compare=False)
 
@@ -28,7 +43,9 @@ class Location:
             "lat": self.lat,
             "lon": self.lon,
             "country": self.country,
+            "continent": self.continent,
             "accuracy_km": self.accuracy_km,
+            "precision": self.precision.value,
             "source": self.source.value,
         }
         object.__setattr__(self, "_json", body)

@@ -1,26 +1,28 @@
 """``georouter demo``: the whole router, running, on one machine, with nothing to install.
 
-It starts a stand-in cluster (a real HTTP server on loopback) for every
-cluster of the configuration, an edge in front of them, asks the edge where
-clients from around the world should go, prints the answers, and keeps
-serving until Ctrl-C so the user can ``curl`` it.
+It starts a demo cluster (a real HTTP and WebSocket application on loopback)
+for every cluster of the configuration and an edge in proxy mode in front of
+them, asks the edge where clients from around the world should go, takes a
+browser-like client on a guided tour (``demo.tour``), and keeps serving until
+Ctrl-C so the user can ``curl`` it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import secrets
 import socket
 import sys
-from contextlib import ExitStack
 from typing import TextIO
 
 import httpx
 
 from georouter.config import Config
-from georouter.demo.standin import StandIn
+from georouter.demo.cluster import DemoCluster
+from georouter.demo.tour import API_PREFIX, Tour, proxy_config
 from georouter.http.app import create_app
 from georouter.serve.server import serve, stop_on_signals, url_of
+from georouter.sessions.ids import CookieSigner
 
 # Real addresses whose GeoLite2 records place them on every inhabited continent,
 # plus a private address (no location: the fallback cluster).
@@ -43,14 +45,6 @@ SAMPLE_CLIENTS = (
     ("200.160.2.3", "Rio de Janeiro"),
     ("10.1.2.3", "private network"),
 )
-
-
-def with_standins(config: Config, standins: dict[str, StandIn]) -> Config:
-    """``config`` with every cluster's URL pointing at its stand-in."""
-    clusters = tuple(
-        dataclasses.replace(c, url=standins[c.name].url, health_url=None) for c in config.clusters
-    )
-    return dataclasses.replace(config, clusters=clusters)
 
 
 def _coordinates(location: object) -> str:
@@ -104,44 +98,53 @@ async def _wait_ready(client: httpx.AsyncClient, base: str, timeout_s: float) ->
 
 
 async def run_demo(config: Config, sock: socket.socket, *, once: bool, out: TextIO) -> None:
-    with ExitStack() as stack:
-        standins = {
-            c.name: stack.enter_context(StandIn(c.name, health_path=config.health.path))
-            for c in config.clusters
-        }
-        demo_config = with_standins(config, standins)
-        base = url_of(sock)
-        stop = asyncio.Event()
-        stop_on_signals(stop)
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(serve(create_app(demo_config), sock, stop), name="edge")
-            try:
-                async with httpx.AsyncClient(timeout=10) as client:
-                    await _wait_ready(client, base, timeout_s=config.health.timeout_s + 10)
-                    ips = [ip for ip, _ in SAMPLE_CLIENTS]
-                    response = await client.post(
-                        f"{base}/v1/route", json={"requests": [{"ip": ip} for ip in ips]}
-                    )
-                    response.raise_for_status()
-                print(
-                    f"georouter demo: {len(standins)} stand-in clusters on loopback,"
-                    f" edge at {base}\n",
-                    file=out,
+    base = url_of(sock)
+    api = f"{base}{API_PREFIX}"
+    token = secrets.token_urlsafe(24)
+    signer = CookieSigner((secrets.token_bytes(32),))
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    clusters = {
+        c.name: DemoCluster(c.name, health_path=config.health.path) for c in config.clusters
+    }
+    edge_config = proxy_config(config, clusters)
+    async with asyncio.TaskGroup() as tg:
+        for cluster in clusters.values():
+            cluster.start(tg)
+        app = create_app(edge_config, admin_token=token, signer=signer)
+        tg.create_task(serve(app, sock, stop), name="edge")
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                await _wait_ready(client, api, timeout_s=config.health.timeout_s + 10)
+                ips = [ip for ip, _ in SAMPLE_CLIENTS]
+                response = await client.post(
+                    f"{api}/v1/route", json={"requests": [{"ip": ip} for ip in ips]}
                 )
-                print(format_table(response.json()["decisions"], dict(SAMPLE_CLIENTS)), file=out)
-                if once:
-                    return
-                print(
-                    f"\nTry:\n  curl '{base}/v1/route?ip=81.2.69.142&explain=1'\n"
-                    f"  curl '{base}/v1/route?ip=81.2.69.142&session=alice'\n"
-                    f"  curl '{base}/v1/route?ip=1.0.16.1&session=alice'   # sticky: same cluster\n"
-                    f"  curl {base}/v1/clusters\n\nServing until Ctrl-C.",
-                    file=out,
-                    flush=True,
-                )
-                await stop.wait()
-            finally:
-                stop.set()
+                response.raise_for_status()
+            print(
+                f"georouter demo: the edge at {base} in proxy mode, in front of"
+                f" {len(clusters)} demo clusters on loopback.\n\nWhere clients around the"
+                f" world would go (POST {API_PREFIX}/v1/route):\n",
+                file=out,
+            )
+            print(format_table(response.json()["decisions"], dict(SAMPLE_CLIENTS)), file=out)
+            await Tour(base, edge_config, token, out).run(clusters)
+            if once:
+                return
+            print(
+                f"\nTry:\n  curl -i -H 'X-Forwarded-For: 81.2.69.142' {base}/any/path\n"
+                f"  curl '{api}/v1/route?ip=81.2.69.142&explain=1'\n"
+                f"  curl {api}/v1/clusters\n"
+                f"  curl -X POST -H 'Authorization: Bearer {token}' -d '{{\"deadline_s\": 60}}'"
+                f" {api}/v1/clusters/eu-west/drain\n\nServing until Ctrl-C.",
+                file=out,
+                flush=True,
+            )
+            await stop.wait()
+        finally:
+            stop.set()
+            for cluster in clusters.values():
+                await cluster.stop()
 
 
 def main(config: Config, sock: socket.socket, *, once: bool) -> int:

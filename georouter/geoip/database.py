@@ -25,7 +25,7 @@ import maxminddb
 
 from georouter.config import GeoipSettings
 from georouter.core.clientip import IPAddress
-from georouter.core.location import Location, LocationSource
+from georouter.core.location import Location, LocationSource, Precision
 from georouter.errors import ConfigError, GeoDatabaseError, Problem
 
 log = logging.getLogger(__name__)
@@ -138,12 +138,18 @@ def _location(record: Any) -> Location | None:
     if lat is None and country is None:
         return None
     radius = loc.get("accuracy_radius")
+    continent_rec = record.get("continent") or {}
+    continent = continent_rec.get("code") if isinstance(continent_rec, dict) else None
     return Location(
         lat=float(lat) if lat is not None else None,
         lon=float(lon) if lon is not None else None,
         country=country if isinstance(country, str) else None,
         accuracy_km=float(radius) if isinstance(radius, int | float) else None,
         source=LocationSource.GEOIP,
+        continent=continent if isinstance(continent, str) else None,
+        # A point without a city is the database's default for the country (MaxMind
+        # puts every such US address at 37.751, -97.822): not the client's position.
+        precision=Precision.POINT if record.get("city") else Precision.COUNTRY,
     )
 
 

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from georouter.config import LimitsSettings
 from georouter.core.ratelimit import FailureWindow, client_key
 from georouter.errors import ApiError, StoreUnavailable
-from georouter.http import dryrun
+from georouter.http import clusteradmin, dryrun
 from georouter.http.common import JSON, Services, client_ip, flag, query_of, services
 from georouter.http.reload import Reloader
 from georouter.sessions.ids import valid_id
@@ -213,3 +213,17 @@ class AdminApi:
             # What it would do here: sessions it would move, clients it would send elsewhere.
             body["impact"] = await dryrun.impact(services(request), reloader.source)
         return JSON(body, status_code=status)
+
+    # Cluster drains and overrides (``http.clusteradmin``), shared by every edge.
+
+    async def drain(self, request: Request) -> Response:
+        return await clusteradmin.drain(request, self._admin(request))
+
+    async def undrain(self, request: Request) -> Response:
+        return await clusteradmin.undrain(request, self._admin(request))
+
+    async def override(self, request: Request) -> Response:
+        return await clusteradmin.override(request, self._admin(request))
+
+    async def end_override(self, request: Request) -> Response:
+        return await clusteradmin.end_override(request, self._admin(request))

@@ -14,7 +14,7 @@ import gc
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TextIO
 
@@ -42,15 +42,20 @@ from georouter.http.common import (
     error_body,
     send_json,
 )
+from georouter.http.exposition import STATE_KEY, registry_for
 from georouter.http.limits import DataPathLimits, Limits
 from georouter.http.reload import ConfigFile, Reloader, ReloadRequests
+from georouter.http.responses import CountResponses
 from georouter.metrics import Metrics
-from georouter.metricsboard import SharedMetrics
+from georouter.metricsboard import SharedMetrics, publish_metrics
 from georouter.probes.active import HealthMonitor, probe_client
-from georouter.proxy.forward import proxy_client
+from georouter.probes.passive import PassiveHealth
+from georouter.probes.routable import RoutableView
+from georouter.proxy.forward import UpstreamPools
 from georouter.router import Router
 from georouter.runtime import Runtime
 from georouter.sessions.clients import make_client, make_subscriber
+from georouter.sessions.controls import ClusterControls
 from georouter.sessions.ids import CookieSigner
 from georouter.sessions.map import SessionMap
 from georouter.sessions.redisstore import RedisSessionStore
@@ -128,7 +133,7 @@ def create_app(
             http = await stack.enter_async_context(probe_client())
             upstream = None
             if config.router.mode is RouterMode.PROXY:
-                upstream = await stack.enter_async_context(proxy_client(config.proxy))
+                upstream = await stack.enter_async_context(UpstreamPools(config.proxy))
             sessions = None
             if config.sessions.redis is not None:
                 store = RedisSessionStore(
@@ -137,6 +142,7 @@ def create_app(
                     clock_ms=clock_ms,
                     origin=secrets.token_hex(8),
                     subscriber=make_subscriber(config.sessions.redis, config.sessions),
+                    metrics=metrics,
                 )
                 stack.push_async_callback(store.close)
                 sessions = SessionMap(store, config.sessions, metrics, clock_ms=clock_ms)
@@ -144,12 +150,35 @@ def create_app(
             monitor = None
             source: HealthSource
             if health is None:
-                source = monitor = HealthMonitor(config.clusters, config.health, http, clock=clock)
+                source = monitor = HealthMonitor(
+                    config.clusters, config.health, http, clock=clock, metrics=metrics
+                )
             else:
                 source = health
-            router = Router(
-                Runtime.of(config), locator=geo, health=source, metrics=metrics, sessions=sessions
+            controls = _controls(
+                config,
+                store.client if sessions is not None else None,
+                clock,
+                names=lambda: (c.name for c in router.runtime.config.clusters),
             )
+            stack.push_async_callback(controls.close)
+            passive = PassiveHealth(lambda: router.runtime.config, clock=clock)
+            view = RoutableView(
+                source.unroutable,
+                passive=passive,
+                controls=lambda: (controls.version, controls.controls),
+                clock=clock,
+            )
+            router = Router(
+                Runtime.of(config),
+                locator=geo,
+                health=view,
+                metrics=metrics,
+                sessions=sessions,
+                pinned=view.pinned,
+            )
+            # Before the first request: a drain made before this edge started holds here.
+            await controls.load()
             reloader = None
             if config_file is not None:
 
@@ -174,13 +203,16 @@ def create_app(
                     config.limits.new_sessions_per_s, config.limits.new_sessions_burst
                 ),
                 monotonic=monotonic,
+                clock=clock,
                 drain=drain,
                 reloader=reloader,
                 shared_metrics=shared_metrics,
                 upstream=upstream,
+                passive=passive,
+                controls=controls,
             )
             async with asyncio.TaskGroup() as tg:
-                tasks = []
+                tasks = [tg.create_task(controls.follow(), name="cluster-controls")]
                 if monitor is not None:
                     tasks.append(tg.create_task(monitor.run(), name="health-monitor"))
                 # Every process follows its GeoIP file; the one that probes (the whole
@@ -198,7 +230,9 @@ def create_app(
                     )
                 if shared_metrics is not None:
                     tasks.append(
-                        tg.create_task(_publish(shared_metrics, metrics), name="metrics-publish")
+                        tg.create_task(
+                            publish_metrics(shared_metrics, metrics), name="metrics-publish"
+                        )
                     )
                 # Start-up is done: what exists now (modules, the GeoIP reader, the
                 # clients) lives as long as the process. Frozen, full collections skip
@@ -208,7 +242,7 @@ def create_app(
                 if on_started is not None:
                     on_started()
                 try:
-                    yield {"services": services}
+                    yield {"services": services, STATE_KEY: registry_for(services)}
                 finally:
                     for task in tasks:
                         task.cancel()
@@ -230,6 +264,13 @@ def create_app(
         Route("/v1/config", admin_api.get_config, methods=["GET"]),
         Route("/v1/config/reload", admin_api.reload_config, methods=["POST"]),
         Route("/v1/clusters", status.list_clusters, methods=["GET"]),
+        Route("/v1/clusters/{name}/drain", admin_api.drain, methods=["POST"]),
+        Route("/v1/clusters/{name}/undrain", admin_api.undrain, methods=["POST"]),
+        paths.one_route(
+            "/v1/clusters/{name}/override",
+            post=request_response(admin_api.override),
+            delete=request_response(admin_api.end_override),
+        ),
         Route("/healthz", status.healthz, methods=["GET"]),
         Route("/readyz", status.readyz, methods=["GET"]),
         Route("/metrics", status.metrics, methods=["GET"]),
@@ -254,9 +295,26 @@ def create_app(
         app = ByPrefix(prefix, app, DataPath(), admin_port=admin_port)
         data_path = DataPathLimits(prefix, config.proxy.max_body_bytes, config.proxy.body_idle_s)
     app = Limits(app, config.limits, metrics, drain, data_path)
+    app = CountResponses(app, metrics)
     if access_log is not AccessLogFormat.OFF:
         app = AccessLog(app, access_log, _resolved_client, stream=access_stream, clock=clock)
     return app
+
+
+def _controls(
+    config: Config,
+    client: Any | None,
+    clock: Callable[[], float],
+    *,
+    names: Callable[[], Iterable[str]],
+) -> ClusterControls:
+    """Drains and overrides through the session map's Redis (without one: this
+    process's own), read for the clusters ``names`` gives at the time."""
+    redis = config.sessions.redis
+    subscriber = None
+    if client is not None and redis is not None:
+        subscriber = make_subscriber(redis, config.sessions)
+    return ClusterControls(client, config.sessions, names=names, subscriber=subscriber, clock=clock)
 
 
 def _resolved_client(scope: Scope) -> str | None:
@@ -270,13 +328,6 @@ def _resolved_client(scope: Scope) -> str | None:
     values = [v.decode("latin-1") for n, v in scope["headers"] if n == name]
     found = rule.client_ip(peer[0] if peer else None, values)
     return None if found is None else str(found)
-
-
-async def _publish(shared: SharedMetrics, metrics: Metrics) -> None:
-    """Keep this worker's counters on the board for the others' scrapes."""
-    while True:
-        shared.publish(metrics)
-        await asyncio.sleep(1.0)
 
 
 class ByPrefix:

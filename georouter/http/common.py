@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
-import httpx
 import orjson
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
@@ -23,8 +22,11 @@ from georouter.geoip.database import GeoDatabase
 from georouter.http.reload import Reloader
 from georouter.metrics import Metrics
 from georouter.metricsboard import SharedMetrics
+from georouter.probes.passive import PassiveHealth
+from georouter.proxy.forward import UpstreamPools
 from georouter.router import Router
 from georouter.runtime import Runtime
+from georouter.sessions.controls import ClusterControls
 from georouter.sessions.ids import CookieSigner
 from georouter.sessions.map import SessionMap
 
@@ -67,13 +69,19 @@ class Services:
     # New sessions per client address (`[limits] new_sessions_*`).
     new_sessions: TokenBuckets = field(default_factory=lambda: TokenBuckets(0, 0))
     monotonic: Callable[[], float] = time.monotonic
+    # Wall-clock seconds (drain deadlines and ejections are told in it).
+    clock: Callable[[], float] = time.time
     drain: Drain = field(default_factory=Drain)
     # Present when the edge runs from a file it can read again.
     reloader: Reloader | None = None
     # A worker's place on its edge's metrics board (None: a single process).
     shared_metrics: SharedMetrics | None = None
     # The one client to every cluster, in proxy mode.
-    upstream: httpx.AsyncClient | None = None
+    upstream: UpstreamPools | None = None
+    # What this process's data path has seen of each cluster (passive health).
+    passive: PassiveHealth | None = None
+    # Drains and overrides, shared by every edge through Redis.
+    controls: ClusterControls | None = None
     # The client addresses of the latest routing decisions, for a reload's dry run to
     # re-rank (``http.dryrun``); never answered to anyone. Bounded: old ones drop off.
     recent_clients: deque[IPAddress | None] = field(

@@ -29,7 +29,8 @@ from georouter.core.decision import Decision
 from georouter.errors import ApiError
 from georouter.http.accesslog import note_decision
 from georouter.http.common import Services, client_ip, query_of, send_json
-from georouter.http.routing import accepted_id, route_with_budget
+from georouter.http.routing import accepted_id, client_disconnects, route_with_budget
+from georouter.metrics import Family, Metrics
 from georouter.proxy import headers as hop
 from georouter.proxy.forward import (
     IDEMPOTENT,
@@ -227,7 +228,9 @@ async def _proxy(
         headers = forwarded_headers(scope, rt, cluster.url)
         target = Target(target_url(cluster.url, scope), method, headers)
         try:
-            exchange = open_exchange(upstream, target, body, timeouts(settings))
+            exchange = open_exchange(
+                upstream.for_cluster(cluster.name), target, body, timeouts(settings)
+            )
             if body.complete:
                 # Nothing more to read from the client: a hang-up ends the wait at once.
                 exchange = unless_client_leaves(receive, exchange)
@@ -237,6 +240,9 @@ async def _proxy(
             return
         except UpstreamFailed as failed:
             upstream_failed(svc, cluster.name, failed.kind)
+            if svc.passive is not None and failed.kind is not Failure.POOL:
+                # A full pool is this edge's own limit, not the cluster's failure.
+                passive(svc, cluster.name, ok=False, detail=f"{failed.kind} failure")
             again = not failed.sent or (method in IDEMPOTENT and body.replayable)
             if again and len(avoid) < settings.retries and failed.kind is not Failure.POOL:
                 log.info(
@@ -257,6 +263,9 @@ async def _proxy(
                 },
             )
             return
+        if svc.passive is not None:
+            code = response.status_code
+            passive(svc, cluster.name, ok=code < 500, detail=f"HTTP {code}")
         hint = response.headers.get("georouter-replay")
         if hint is not None and not replayed:
             # At most one replay per request, whatever the second cluster answers.
@@ -288,7 +297,7 @@ def _replay_target(
         why = "it names the cluster that sent it"
     elif hint not in rt.clusters:
         why = "no cluster has that name"
-    elif hint in svc.health.unroutable():
+    elif hint in svc.router.unroutable():
         why = "that cluster is not routable"
     elif not replayable:
         kept = rt.config.proxy.replay_body_bytes
@@ -299,16 +308,29 @@ def _replay_target(
     return None
 
 
-def upstream_failed(svc: Services, cluster: str, failure: str) -> None:
-    svc.metrics.family(
+def upstream_failures(metrics: Metrics) -> Family:
+    """Proxied requests a cluster could not take (created on first use)."""
+    return metrics.family(
         "georouter_upstream_failures_total",
         "Proxied requests a cluster could not take, by cluster and failure.",
         ("cluster", "failure"),
-    ).values[(cluster, failure)] += 1
+    )
+
+
+def upstream_failed(svc: Services, cluster: str, failure: str) -> None:
+    upstream_failures(svc.metrics).values[(cluster, failure)] += 1
+
+
+def passive(svc: Services, cluster: str, *, ok: bool, detail: str) -> None:
+    """Tell passive health what ``cluster`` did with this request."""
+    assert svc.passive is not None
+    if svc.passive.report(cluster, ok=ok, detail=detail):
+        svc.metrics.family(
+            "georouter_passive_ejections_total",
+            "Clusters ejected by passive health (errors on the data path), by cluster.",
+            ("cluster",),
+        ).values[(cluster,)] += 1
 
 
 def client_left(svc: Services) -> None:
-    svc.metrics.family(
-        "georouter_client_disconnects_total",
-        "Requests whose client hung up before its body was read.",
-    ).values[()] += 1
+    client_disconnects(svc.metrics).values[()] += 1

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 from georouter.config import ConfigChange, compare, load_version
 from georouter.core.clientip import IPAddress
-from georouter.core.location import Location
 from georouter.errors import ConfigError, StoreUnavailable
 from georouter.http.common import Services
 from georouter.http.reload import ConfigFile
@@ -64,9 +63,11 @@ class DecisionShift:
 
 
 def _choice(
-    runtime: Runtime, location: Location | None, unroutable: Mapping[str, str]
+    runtime: Runtime, ip: IPAddress | None, locator: Locator, unroutable: Mapping[str, str]
 ) -> str | None:
-    ranking = runtime.rank(location, unroutable)
+    location, override = runtime.locate(ip, locator.lookup) if ip is not None else (None, None)
+    spread = ip.packed if runtime.weighted and ip is not None else None
+    ranking = runtime.rank(location, unroutable, client_ip=ip, spread=spread, override=override)
     return None if ranking.chosen_at is None else ranking.order[ranking.chosen_at][0].name
 
 
@@ -92,8 +93,7 @@ def decision_shift(
     moves: Counter[tuple[str | None, str | None]] = Counter()
     for ip in clients:
         sampled += 1
-        location = locator.lookup(ip) if ip is not None else None
-        before, now = _choice(old, location, unroutable), _choice(new, location, after)
+        before, now = _choice(old, ip, locator, unroutable), _choice(new, ip, locator, after)
         if before != now:
             moves[(before, now)] += 1
     return DecisionShift(sampled, dict(moves))

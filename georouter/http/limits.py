@@ -64,6 +64,15 @@ class Limits:
             "Requests refused by a [limits] rule, by rule.",
             ("limit",),
         ).values
+        # Every rule's series from the start, so a first refusal is a rate, not a gap.
+        for limit in (
+            "header_count",
+            "header_bytes",
+            "body_bytes",
+            "in_flight",
+            "request_deadline",
+        ):
+            self._refused[(limit,)] += 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

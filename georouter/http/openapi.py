@@ -11,6 +11,7 @@ import copy
 import functools
 from typing import Any
 
+from georouter.http.openapi_clusters import CLUSTER_PATHS
 from georouter.http.openapi_parts import (
     ADDRESS,
     AUTH_FAILED,
@@ -249,6 +250,7 @@ SPEC: dict[str, Any] = {
                 },
             }
         },
+        **CLUSTER_PATHS,
         "/healthz": {
             "get": {
                 "summary": "Liveness",
@@ -273,8 +275,12 @@ SPEC: dict[str, Any] = {
                 "summary": "Prometheus metrics",
                 "responses": {
                     "200": {
-                        "description": "text exposition format",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                        "description": "text exposition format 0.0.4, or OpenMetrics 1.0"
+                        " when Accept asks for application/openmetrics-text",
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            "application/openmetrics-text": {"schema": {"type": "string"}},
+                        },
                     }
                 },
             }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from georouter.core.location import LocationSource
+from georouter.core.location import LocationSource, Precision
 from georouter.core.policy import Reason
 
 # What georouter.http.common.flag accepts: empty (a bare `?explain`) is true.
@@ -115,7 +115,13 @@ LOCATION = {
         "lat": {"type": ["number", "null"]},
         "lon": {"type": ["number", "null"]},
         "country": {"type": ["string", "null"], "description": "ISO 3166-1 alpha-2"},
+        "continent": {"type": ["string", "null"], "description": "AF AN AS EU NA OC SA"},
         "accuracy_km": {"type": ["number", "null"]},
+        "precision": {
+            "type": "string",
+            "enum": [p.value for p in Precision],
+            "description": "country: the point is the country's default, not the client's",
+        },
         "source": {"type": "string", "enum": [s.value for s in LocationSource]},
     },
 }
@@ -143,6 +149,10 @@ DECISION = {
                 },
             },
         },
+        "rule": {
+            "type": "string",
+            "description": "the residency rule ([[rules]] name) the client falls under",
+        },
         "error": {"type": "string", "enum": ["no_routable_cluster"]},
         "message": {"type": "string"},
         "explain": {
@@ -154,6 +164,15 @@ DECISION = {
                     "distance_km": {"type": ["number", "null"]},
                     "chosen": {"type": "boolean"},
                     "why": {"type": "string"},
+                    "bias_km": {"type": "number", "description": "when the cluster has one"},
+                    "biased_distance_km": {"type": "number"},
+                    "weight": {"type": "number", "description": "in a tie_km split"},
+                    "share": {"type": "number", "description": "of new sessions, in the split"},
+                    "rule": {
+                        "type": "string",
+                        "enum": ["allowed", "forbidden", "preferred", "not preferred"],
+                        "description": "the residency rule's verdict on the cluster",
+                    },
                 },
             },
         },

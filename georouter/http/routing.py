@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import orjson
@@ -26,6 +27,7 @@ from georouter.http.common import (
     send_json,
     services,
 )
+from georouter.metrics import Family, Histogram, Metrics
 from georouter.runtime import Runtime
 from georouter.sessions.ids import valid_id
 
@@ -104,7 +106,42 @@ def session_of(request: Request, svc: Services, rt: Runtime, query: dict[str, st
     return accepted_id(raw, SessionSource.COOKIE, svc, rt)
 
 
+def client_disconnects(metrics: Metrics) -> Family:
+    """Requests whose client left mid-body (created on first use)."""
+    return metrics.family(
+        "georouter_client_disconnects_total",
+        "Requests whose client hung up before its body was read.",
+    )
+
+
+def decision_latency(metrics: Metrics) -> Histogram:
+    """How long the routing handlers' decisions take (created on first use)."""
+    return metrics.histogram(
+        "georouter_decision_duration_seconds",
+        "Time to make a routing decision: locate the client, rank, resolve its session.",
+    )
+
+
 async def route_with_budget(
+    svc: Services,
+    rt: Runtime,
+    request: HTTPConnection,
+    client: IPAddress | None,
+    session_id: str | None,
+    *,
+    client_is_peer: bool,
+) -> Decision:
+    """``router.route`` within the new-session budget (``_within_budget``), timed:
+    every decision a handler makes is one observation of its latency."""
+    started = time.perf_counter()
+    decision = await _within_budget(
+        svc, rt, request, client, session_id, client_is_peer=client_is_peer
+    )
+    decision_latency(svc.metrics).observe(time.perf_counter() - started)
+    return decision
+
+
+async def _within_budget(
     svc: Services,
     rt: Runtime,
     request: HTTPConnection,
@@ -211,10 +248,7 @@ async def _read_body(request: Request, svc: Services, *, limit: int) -> bytes:
         # A client that leaves is not the edge's error: counted, and one debug
         # line at most (a traceback per abandoned body would let any client fill
         # the log disk).
-        svc.metrics.family(
-            "georouter_client_disconnects_total",
-            "Requests whose client hung up before its body was read.",
-        ).values[()] += 1
+        client_disconnects(svc.metrics).values[()] += 1
         log.debug("client %s left before sending its body", request.client)
         raise ApiError(499, "client_closed_request", "the client hung up") from None
     return b"".join(chunks)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 
 from georouter.config import Config, SessionSource
-from georouter.core.breaker import BreakerState
+from georouter.core.controls import NO_CONTROLS
 from georouter.core.health import HealthState
-from georouter.http import openapi
+from georouter.http import exposition, openapi
 from georouter.http.common import JSON, Services, services
-from georouter.metrics import Snapshot
 
 
 async def list_clusters(request: Request) -> Response:
@@ -18,6 +17,9 @@ async def list_clusters(request: Request) -> Response:
     config = svc.runtime.config
     states = svc.health.states
     info = svc.geo.info
+    now = svc.clock()
+    controls = svc.controls.controls if svc.controls is not None else NO_CONTROLS
+    unroutable = svc.router.unroutable()
     warnings = []
     if info.stale:
         warnings.append(
@@ -35,6 +37,15 @@ async def list_clusters(request: Request) -> Response:
                     "fallback": c.name == config.router.fallback,
                     # A cluster added by a reload has no state on a worker's board yet.
                     "health": states.get(c.name, HealthState()).as_json(),
+                    # What this process's data path saw of it (passive health).
+                    "ejection": None
+                    if svc.passive is None
+                    else svc.passive.outlier(c.name).as_json(now),
+                    # The operator's drain and override, shared by every edge.
+                    **controls.as_json(c.name, now),
+                    # Whether a new session may go there now, and if not why.
+                    "routable": c.name not in unroutable,
+                    "why_not": unroutable.get(c.name),
                 }
                 for c in config.clusters
             ],
@@ -77,29 +88,8 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    svc = services(request)
-    config = svc.runtime.config
-    up = sum(st.routable for st in svc.health.states.values())
-    gauges = {
-        "georouter_clusters_up": float(up),
-        "georouter_clusters": float(len(config.clusters)),
-        "georouter_geoip_cached_networks": float(svc.geo.cached_networks),
-        "georouter_geoip_database_age_days": svc.geo.info.age_days,
-    }
-    if svc.sessions is not None:
-        status = svc.sessions.status()
-        gauges["georouter_redis_breaker_open"] = float(status.breaker is BreakerState.OPEN)
-        gauges["georouter_session_local_pins"] = float(status.remembered_pins)
-        gauges["georouter_session_pending_write_back"] = float(status.pending_write_back)
-    others: list[Snapshot] = []
-    if svc.shared_metrics is not None:
-        # The edge's counters, whichever worker answers: this one's (published now,
-        # so the next scrape, answered by another, sees at least as much) and the rest.
-        svc.shared_metrics.publish(svc.metrics)
-        others = svc.shared_metrics.others()
-    return PlainTextResponse(
-        svc.metrics.render(gauges, others), media_type="text/plain; version=0.0.4"
-    )
+    body, content_type = exposition.render(request)
+    return Response(body, headers={"content-type": content_type})
 
 
 async def openapi_json(request: Request) -> Response:

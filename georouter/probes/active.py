@@ -27,6 +27,7 @@ from georouter.core.health import (
     observe,
     unroutable,
 )
+from georouter.metrics import Family, Histogram, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,22 @@ def probe_url(cluster: Cluster, settings: HealthSettings) -> str:
     return cluster.health_url or cluster.url + settings.path
 
 
+def probe_metrics(metrics: Metrics) -> tuple[Family, Histogram]:
+    """The probes' counter and latency histogram on ``metrics`` (created on first use)."""
+    return (
+        metrics.family(
+            "georouter_probes_total",
+            "Active health probes by cluster and result (ok, failed).",
+            ("cluster", "result"),
+        ),
+        metrics.histogram(
+            "georouter_probe_duration_seconds",
+            "Time an active health probe took, to its answer or its timeout.",
+            ("cluster",),
+        ),
+    )
+
+
 class HealthMonitor:
     """Holds each cluster's ``HealthState``; ``run()`` keeps it current until cancelled."""
 
@@ -57,6 +74,7 @@ class HealthMonitor:
         clock: Callable[[], float] = time.time,
         on_change: Callable[[], None] | None = None,
         initial: Mapping[str, HealthState] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         # Here, not at the first probe: a window the board cannot carry must stop
         # the edge at start-up, not kill its monitor later.
@@ -70,6 +88,8 @@ class HealthMonitor:
         self._clock = clock
         # Called after every probe result (the prober process publishes the states).
         self._on_change = on_change
+        # Where each probe is counted and timed (None: nowhere).
+        self._probes = None if metrics is None else probe_metrics(metrics)
         self.states: dict[str, HealthState] = {c.name: HealthState() for c in clusters}
         # A prober that replaces a dead one carries on from the states it published,
         # so rise/fall damping does not start over and readiness is not lost.
@@ -100,6 +120,15 @@ class HealthMonitor:
         return unroutable(self.states)
 
     async def probe(self, cluster: Cluster) -> ProbeResult:
+        started = time.perf_counter()
+        result = await self._probe(cluster)
+        if self._probes is not None:
+            counted, timed = self._probes
+            counted.values[(cluster.name, "ok" if result.ok else "failed")] += 1
+            timed.observe(time.perf_counter() - started, (cluster.name,))
+        return result
+
+    async def _probe(self, cluster: Cluster) -> ProbeResult:
         url = probe_url(cluster, self.settings)
         timeout_s = self.settings.timeout_s
         try:

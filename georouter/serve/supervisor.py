@@ -29,7 +29,7 @@ from georouter.http.app import create_app
 from georouter.http.common import Drain
 from georouter.http.reload import ConfigFile, Reloader, ReloadRequests, file_stamp
 from georouter.metrics import Metrics
-from georouter.metricsboard import MetricsBoard, SharedMetrics
+from georouter.metricsboard import MetricsBoard, SharedMetrics, publish_metrics
 from georouter.probes.active import HealthMonitor, probe_client
 from georouter.probes.board import HealthBoard
 from georouter.serve.server import (
@@ -61,12 +61,17 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         runner.run(main())
 
 
-def _prober(config: Config, board: HealthBoard, config_file: ConfigFile | None) -> None:
+def _prober(
+    config: Config, board: HealthBoard, config_file: ConfigFile | None, shared: SharedMetrics
+) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         stop_on_signals(stop)
         reloads = ReloadRequests()
         reload_on_hangup(reloads)
+        # The probes' counts reach /metrics through the prober's slot on the board.
+        metrics = Metrics()
+        shared.carry_over(metrics)
         async with probe_client() as http:
 
             def publish() -> None:
@@ -81,9 +86,13 @@ def _prober(config: Config, board: HealthBoard, config_file: ConfigFile | None) 
                 http,
                 on_change=publish,
                 initial=board.states if board.ready else None,
+                metrics=metrics,
             )
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(monitor.run(), name="health-monitor")]
+                tasks = [
+                    tg.create_task(monitor.run(), name="health-monitor"),
+                    tg.create_task(publish_metrics(shared, metrics), name="metrics-publish"),
+                ]
                 reloader: Reloader | None = None
                 if config_file is not None:
                     # The prober follows the file as the workers do; a reload changes
@@ -202,7 +211,8 @@ class Supervisor:
         self._on_started = on_started
         self.workers = workers
         self.board = HealthBoard(config.clusters)
-        self.metrics_board = MetricsBoard(workers)
+        # A slot per worker, and the last one the prober's.
+        self.metrics_board = MetricsBoard(workers + 1)
         # One listening socket per worker: with a single shared socket the first
         # worker to wake accepts most of a burst of keep-alive connections and the
         # others idle; with SO_REUSEPORT sockets the kernel spreads connections
@@ -243,7 +253,12 @@ class Supervisor:
             if os.getppid() != parent:
                 os._exit(1)
             if role == "prober":
-                _prober(self.config, self.board, self.config_file)
+                _prober(
+                    self.config,
+                    self.board,
+                    self.config_file,
+                    SharedMetrics(self.metrics_board, self.workers),
+                )
             else:
                 serve_edge(
                     self.config,

@@ -25,6 +25,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from georouter.config import SessionSettings
 from georouter.core.pin import Ask, Op, Pin
 from georouter.errors import StoreUnavailable
+from georouter.metrics import Metrics
 from georouter.sessions.deadline import cap_s, fair_timeout, patience_s
 from georouter.sessions.pipelining import AutoPipeline
 from georouter.sessions.scripts import EPOCH_SCRIPT, PIN_SCRIPT, READ_MANY_SCRIPT
@@ -60,6 +61,10 @@ class _KeepsCancellation:
             raise asyncio.CancelledError
 
 
+# For the other Redis users of this package (``sessions.controls``).
+KeepsCancellation = _KeepsCancellation
+
+
 def _text(reply: Any) -> str:
     """A reply as text; bytes that are not UTF-8 are replaced, never raised."""
     if isinstance(reply, bytes):
@@ -88,8 +93,18 @@ class RedisSessionStore:
         clock_ms: Callable[[], int] = wall_clock_ms,
         origin: str = "",
         subscriber: Any | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._client = client
+        # Every call, counted where it is made (its failures: SessionMap's errors).
+        self._operations = (
+            None
+            if metrics is None
+            else metrics.family(
+                "georouter_redis_operations_total",
+                "Redis calls this edge made for sessions (pipelined or not; reads, pins, pings).",
+            ).values
+        )
         self._subscriber = subscriber
         self._prefix = f"{settings.key_prefix}:s:"
         self._epoch_key = f"{settings.key_prefix}:epoch"
@@ -136,6 +151,8 @@ class RedisSessionStore:
         return self._client
 
     async def _call(self, op: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        if self._operations is not None:
+            self._operations[()] += 1
         try:
             with _KeepsCancellation():
                 if self._needs_init:

@@ -6,10 +6,11 @@ through a session map in Redis shared by every edge. The map of the package,
 top to bottom; a module imports only from layers below it (``import-linter``
 enforces it, see pyproject.toml)::
 
-    cli             the `georouter` command: check, serve, route, demo
-    cli_explain     `georouter route --explain`: every cluster weighed, one line each
-    cli_standin     `georouter standin NAME`: one stand-in cluster as a process (Compose)
-    cli_diff        check --diff: what a reload would move (http.dryrun, sessions.census)
+    cli/            the `georouter` command: check, serve, route, demo; explain:
+                    `route --explain`, every cluster weighed, one line each;
+                    standin: `georouter standin NAME`, a stand-in cluster as a
+                    process (Compose); diff: `check --diff`, what a reload would move
+                    (http.dryrun, sessions.census); geodata: `geodata update|info`
     demo/           run: stand-in clusters + an edge on one machine; standin: a cluster
     serve/          server: Hypercorn or Uvicorn on a socket we bind (header deadlines,
                     drain); supervisor: one edge process (serve_edge), or N workers +

@@ -1,4 +1,5 @@
-"""The ``georouter`` command: check, serve, route, demo."""
+"""The ``georouter`` command: check, serve, route, demo; the other commands' parts
+in this package (diff, explain, geodata, standin)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from georouter import __version__, cli_diff, cli_explain, cli_geodata, cli_standin
+from georouter import __version__
+from georouter.cli import diff as cli_diff
+from georouter.cli import explain as cli_explain
+from georouter.cli import geodata as cli_geodata
+from georouter.cli import standin as cli_standin
 from georouter.config import Config, RouterMode, load, load_version
 from georouter.config.redisurl import RedisMode, RedisTarget
 from georouter.core.clientip import IPAddress, parse_address

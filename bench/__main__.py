@@ -271,6 +271,9 @@ def write_report(results: dict[str, Any], path: Path) -> None:
             f"| full decision, first pass (cold caches) | {d['decision_first_pass_us']} | | |",
             f"| full decision with rules, overrides, bias and weights |"
             f" {d['policy_decision_us']} | {d['policy_over_raw']} | ≤ 1.5 |",
+            "| ... and one cluster down, two spilling, one ramping, failover spread, panic_below"
+            f" | {d.get('failure_policy_decision_us', '-')}"
+            f" | {d.get('failure_policy_over_raw', '-')} | ≤ 1.5 |",
             f"| bare Redis GETEX round trip (baseline) | {d['bare_redis_getex_us']} | 1 | |",
             f"| sticky decision, near cache off | {d['sticky_decision_us']} |"
             f" {d['sticky_over_round_trip']} | |",

@@ -15,13 +15,14 @@ import asyncio
 import ipaddress
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
 import maxminddb
 
 from georouter.config import Config, load, parse
+from georouter.core.admission import Admission, Held
 from georouter.core.clientip import parse_address
 from georouter.geoip.database import GeoDatabase, bundled_database
 from georouter.metrics import Metrics
@@ -55,7 +56,7 @@ async def _best_per_op_async(
     return best * 1e6
 
 
-def policy_config(config: Config) -> Config:
+def policy_config(config: Config, **router: object) -> Config:
     """``config`` with a traffic policy an operator might run: six residency rules
     (countries, continents, networks; strict and not), 100 overrides of mixed prefix
     lengths, a bias and weights on every cluster, and new sessions split within 300 km."""
@@ -66,7 +67,7 @@ def policy_config(config: Config) -> Config:
             | {"bias_km": 50 * (i % 3), "weight": 1 + i % 4}
             for i, c in enumerate(config.clusters)
         ],
-        "router": {"fallback": config.router.fallback, "tie_km": 300},
+        "router": {"fallback": config.router.fallback, "tie_km": 300, **router},
         "rules": [
             {"name": "eu", "continents": ["EU"], "clusters": ["eu-west", "eu-central"],
              "strict": True},
@@ -95,6 +96,27 @@ def plain_config(config: Config) -> Config:
     )
 
 
+class _Stressed:
+    """A health view with the failure policy at work: one cluster down, two loaded
+    (taking part of their new sessions) and one ramping back after a recovery."""
+
+    def __init__(self) -> None:
+        self.down: Mapping[str, str] = {"eu-west": "down"}
+        spill = Admission(0.5, Held.SPILL, "load 0.88")
+        self.held: Mapping[str, Admission] = {
+            "us-east": spill,
+            "eu-central": spill,
+            "ap-south": Admission(0.3, Held.RAMP, "ramping"),
+        }
+        self.loads: Mapping[str, float] = {"us-east": 0.875, "eu-central": 0.875}
+
+    def unroutable(self) -> Mapping[str, str]:
+        return self.down
+
+    def admissions(self) -> tuple[Mapping[str, Admission], Mapping[str, float]]:
+        return self.held, self.loads
+
+
 def decision_cost(ips: list[str], *, rounds: int = 5) -> dict[str, float]:
     config = plain_config(load(REPO / "clusters.toml"))
     raw = maxminddb.open_database(str(bundled_database()), maxminddb.MODE_MMAP_EXT)
@@ -102,6 +124,14 @@ def decision_cost(ips: list[str], *, rounds: int = 5) -> dict[str, float]:
     router = Router(Runtime.of(config), locator=geo, health=AssumeAllUp(), metrics=Metrics())
     policy = Router(
         Runtime.of(policy_config(config)), locator=geo, health=AssumeAllUp(), metrics=Metrics()
+    )
+    stressed = _Stressed()
+    failing = Router(
+        Runtime.of(policy_config(config, failover_spread_km=2000, panic_below=0.2)),
+        locator=geo,
+        health=stressed,
+        metrics=Metrics(),
+        admissions=stressed.admissions,
     )
     try:
         cold_started = time.perf_counter()
@@ -112,6 +142,7 @@ def decision_cost(ips: list[str], *, rounds: int = 5) -> dict[str, float]:
         decision_us = _best_per_op(lambda ip: router.decide(parse_address(ip)), ips, rounds)
         json_us = _best_per_op(lambda ip: router.decide(parse_address(ip)).as_json(), ips, rounds)
         policy_us = _best_per_op(lambda ip: policy.decide(parse_address(ip)), ips, rounds)
+        failing_us = _best_per_op(lambda ip: failing.decide(parse_address(ip)), ips, rounds)
     finally:
         raw.close()
         geo.close()
@@ -123,6 +154,8 @@ def decision_cost(ips: list[str], *, rounds: int = 5) -> dict[str, float]:
         "decision_over_raw": round(decision_us / raw_us, 3),
         "policy_decision_us": round(policy_us, 3),
         "policy_over_raw": round(policy_us / raw_us, 3),
+        "failure_policy_decision_us": round(failing_us, 3),
+        "failure_policy_over_raw": round(failing_us / raw_us, 3),
     }
 
 

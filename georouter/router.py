@@ -12,10 +12,12 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Protocol
 
+from georouter.config import PinnedDown
+from georouter.core.admission import Admission, Held, admits, point_of
 from georouter.core.clientip import IPAddress
 from georouter.core.decision import Decision, SessionView
 from georouter.core.location import Location
-from georouter.core.policy import Ranking, Reason
+from georouter.core.policy import Ranking, Reason, spread_of
 from georouter.errors import NewSessionRefused
 from georouter.metrics import Metrics
 from georouter.runtime import Runtime
@@ -31,6 +33,11 @@ class HealthView(Protocol):
 
 
 _NONE_DOWN: Mapping[str, str] = MappingProxyType({})
+_NO_ADMISSIONS: Mapping[str, Admission] = MappingProxyType({})
+_NO_LOADS: Mapping[str, float] = MappingProxyType({})
+# What holds new sessions back (load, failback) and the load each cluster reports.
+Admissions = tuple[Mapping[str, Admission], Mapping[str, float]]
+_NOT_HELD: Admissions = (_NO_ADMISSIONS, _NO_LOADS)
 
 
 class AssumeAllUp:
@@ -55,6 +62,8 @@ class Router:
         metrics: Metrics,
         sessions: SessionMap | None = None,
         pinned: Callable[[], Mapping[str, str]] | None = None,
+        detours: Callable[[], Mapping[str, str]] | None = None,
+        admissions: Callable[[], Admissions] | None = None,
     ) -> None:
         self.runtime = runtime
         self._locator = locator
@@ -62,6 +71,10 @@ class Router:
         # The clusters a pinned session may not stay on; health's unless told (a
         # draining cluster takes no new sessions but keeps its pins until its deadline).
         self._pinned = pinned or health.unroutable
+        # Clusters down from this edge only (shared health): its requests go
+        # elsewhere, but no session is moved off them for every edge.
+        self._detours = detours
+        self._admissions = admissions
         self._sessions = sessions
         self._decisions = metrics.family(
             "georouter_decisions_total",
@@ -102,20 +115,32 @@ class Router:
         client_ip: IPAddress | None,
         session_id: str | None,
         unroutable: Mapping[str, str],
+        held: Admissions = _NOT_HELD,
     ) -> tuple[Location | None, Ranking]:
         """Locate the client (its override first) and rank the clusters for it."""
+        admit, loads = held
         if client_ip is None:
-            return None, rt.rank(None, unroutable)
+            spread = session_id if admit and session_id is not None else None
+            return None, rt.rank(None, unroutable, spread=spread, admit=admit, loads=loads)
         location, override = rt.locate(client_ip, self._locator.lookup)
-        spread: str | bytes | None = None
-        if rt.weighted:
+        spread_by: str | bytes | None = None
+        if rt.weighted or admit:
             # New sessions split by a hash of their id (hashed only if a split is due),
             # so every edge draws the same cluster.
-            spread = session_id if session_id is not None else client_ip.packed
+            spread_by = session_id if session_id is not None else client_ip.packed
         ranking = rt.rank(
-            location, unroutable, client_ip=client_ip, spread=spread, override=override
+            location,
+            unroutable,
+            client_ip=client_ip,
+            spread=spread_by,
+            override=override,
+            admit=admit,
+            loads=loads,
         )
         return location, ranking
+
+    def _held(self) -> Admissions:
+        return self._admissions() if self._admissions is not None else _NOT_HELD
 
     def _decision(
         self,
@@ -141,10 +166,13 @@ class Router:
         runtime: Runtime | None = None,
         *,
         avoid: Mapping[str, str] | None = None,
+        new_session: str | None = None,
     ) -> Decision:
-        """The cluster for a client at ``client_ip`` with no session (None: no address)."""
+        """The cluster for a client at ``client_ip`` with no session (None: no address);
+        ``new_session``: an id to draw weighted splits and shares by, as for a new one."""
         rt = runtime or self.runtime
-        location, ranking = self._rank(rt, client_ip, None, self._unroutable(avoid))
+        unroutable = self._unroutable(avoid)
+        location, ranking = self._rank(rt, client_ip, new_session, unroutable, self._held())
         return self._decision(client_ip, location, ranking)
 
     def _unroutable(self, avoid: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -154,6 +182,10 @@ class Router:
     def unroutable(self) -> Mapping[str, str]:
         """The clusters a new session may not go to now, with why."""
         return self._health.unroutable()
+
+    def admissions(self) -> Admissions:
+        """The clusters taking only a share of new sessions now, and the loads seen."""
+        return self._held()
 
     async def route(
         self,
@@ -177,16 +209,28 @@ class Router:
             return self.decide(client_ip, runtime, avoid=avoid)
         rt = runtime or self.runtime
         unroutable = self._unroutable(avoid)
-        location, ranking = self._rank(rt, client_ip, session_id, unroutable)
+        held = self._held()
+        location, ranking = self._rank(rt, client_ip, session_id, unroutable, held)
         chosen = ranking.chosen_at
         preferred = ranking.order[chosen][0].name if chosen is not None else None
+        on_down = rt.config.router.on_pinned_down
+        panic = ranking.reason is Reason.PANIC
         pinned = self._pinned()
         if avoid:
             pinned = {**pinned, **avoid}
-        usable = rt.usable(pinned)
+        if panic or on_down is not PinnedDown.REPIN:
+            # The pin stays whatever health says: in panic health is ignored, and
+            # `temporary` and `strict` sessions do not move off a cluster that is down.
+            usable = rt.usable(_NONE_DOWN)
+            if ranking.forbidden:
+                usable = rt.usable(_NONE_DOWN, ranking.forbidden)
+        else:
+            usable = rt.usable(pinned)
+            if ranking.forbidden:
+                usable = rt.usable(pinned, ranking.forbidden)
         refused: list[str] = []
         if ranking.forbidden:
-            usable = _noting(rt.usable(pinned, ranking.forbidden), ranking.forbidden, refused)
+            usable = _noting(usable, ranking.forbidden, refused)
         pin, why, degraded = await self._sessions.resolve(
             session_id, preferred, usable, may_create=may_create
         )
@@ -199,6 +243,9 @@ class Router:
                 # Its pin was to a cluster its rule forbids, whatever that cluster's health.
                 reason = Reason.RULE
             return self._decision(client_ip, location, ranking, view, reason)
+        away = None if panic else self._away(pin.cluster, pinned, held[0], session_id, on_down)
+        if away is not None:
+            return self._detour(client_ip, location, ranking, view, on_down)
         cluster = rt.clusters[pin.cluster]
         distance = None
         if ranking.reason in (Reason.NEAREST, Reason.WEIGHT):
@@ -209,6 +256,56 @@ class Router:
                     break
         self._decisions[(Reason.STICKY, cluster.name)] += 1
         return Decision(cluster, Reason.STICKY, client_ip, location, distance, ranking, view)
+
+    def _away(
+        self,
+        home: str,
+        pinned: Mapping[str, str],
+        admit: Mapping[str, Admission],
+        session_id: str,
+        on_down: PinnedDown,
+    ) -> str | None:
+        """Why a session pinned to ``home`` is not served there now, its pin kept
+        (None: it is). Down from this edge only: never moved for every edge. Down
+        with `temporary` or `strict`: kept. Back up but still ramping: a `temporary`
+        session goes home only once the ramp admits it, so they return gradually."""
+        if self._detours is not None:
+            why = self._detours().get(home)
+            if why is not None:
+                return why
+        if on_down is PinnedDown.REPIN:
+            return None
+        why = pinned.get(home)
+        if why is not None:
+            return why
+        admission = admit.get(home)
+        if (
+            on_down is PinnedDown.TEMPORARY
+            and admission is not None
+            and admission.held is Held.RAMP
+            and not admits(admission, point_of(spread_of(session_id)))
+        ):
+            return admission.why
+        return None
+
+    def _detour(
+        self,
+        client_ip: IPAddress | None,
+        location: Location | None,
+        ranking: Ranking,
+        view: SessionView,
+        on_down: PinnedDown,
+    ) -> Decision:
+        assert view.pin is not None
+        home = view.pin.cluster
+        if on_down is PinnedDown.STRICT:
+            self._decisions[(Reason.PINNED_DOWN, home)] += 1
+            return Decision(None, Reason.PINNED_DOWN, client_ip, location, None, ranking, view)
+        if ranking.chosen_at is None:
+            return self._decision(client_ip, location, ranking, view)
+        cluster, distance = ranking.order[ranking.chosen_at]
+        self._decisions[(Reason.DETOUR, cluster.name)] += 1
+        return Decision(cluster, Reason.DETOUR, client_ip, location, distance, ranking, view)
 
 
 def _noting(

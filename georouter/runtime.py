@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
-from georouter.config import Cluster, Config, Override
+from georouter.config import AllDown, Cluster, Config, Override
+from georouter.core.admission import Admission
 from georouter.core.clientip import IPAddress, TrustRule
 from georouter.core.location import Location, LocationSource, Precision
 from georouter.core.overrides import OverrideTable
@@ -40,6 +42,9 @@ DEFAULT_POINTS = frozenset({(37.751, -97.822)})
 # (lat, lon, rule index or -1, country-level) for a position's order; a string
 # first for the orders built around a cluster.
 _OrderKey = tuple[object, ...]
+_NOTHING: Mapping[str, str] = MappingProxyType({})
+_NO_ADMISSIONS: Mapping[str, Admission] = MappingProxyType({})
+_NO_LOADS: Mapping[str, float] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -60,6 +65,8 @@ class Runtime:
     )
     # Locations built for overridden networks, by override and database answer.
     _placed: dict[tuple[int, Location | None], Location] = field(default_factory=dict, repr=False)
+    # The last health view seen and whether it puts the edge in panic.
+    _panic: list[tuple[Mapping[str, str], bool]] = field(default_factory=list, repr=False)
 
     @classmethod
     def of(cls, config: Config) -> Runtime:
@@ -79,7 +86,8 @@ class Runtime:
     @property
     def weighted(self) -> bool:
         """Whether a ranking may split new sessions by weight (callers pass a spread)."""
-        return self.config.router.tie_km > 0
+        router = self.config.router
+        return router.tie_km > 0 or router.failover_spread_km > 0
 
     def coarse(self, location: Location) -> bool:
         """Whether ``location`` is only a country-level guess (see README, [geoip])."""
@@ -131,11 +139,15 @@ class Runtime:
         client_ip: IPAddress | None = None,
         spread: int | str | bytes | None = None,
         override: Override | None = None,
+        admit: Mapping[str, Admission] = _NO_ADMISSIONS,
+        loads: Mapping[str, float] = _NO_LOADS,
     ) -> Ranking:
         """The ranking for a client at ``location``: its order (its rule's clusters
-        first), the first routable allowed cluster chosen, or with ``router.tie_km``
-        one within reach of it drawn by ``spread`` (a hash, or a session id or
-        address bytes to hash, see ``policy.choose``)."""
+        first), the first routable allowed cluster that takes the session
+        (``admit``) chosen, or with ``router.tie_km`` one within reach of it drawn
+        by ``spread`` (a hash, or a session id or address bytes to hash, see
+        ``policy.choose``). Below ``router.panic_below`` health is ignored; with no
+        cluster routable, ``router.all_down`` decides."""
         rule_at = self.rules.match(location, client_ip) if self.rules else None
         if override is not None and override.cluster is not None:
             name = override.cluster
@@ -147,25 +159,56 @@ class Runtime:
         else:
             order, reason = self.order(location, rule_at)
             anchor = self.config.router.fallback if reason is Reason.FALLBACK else ""
-        if rule_at is None:
+        router = self.config.router
+        rule = None if rule_at is None else self.rules.rules[rule_at]
+        forbidden = frozenset() if rule_at is None else self.rules.forbidden[rule_at]
+
+        def ranked(down: Mapping[str, str], admitted: Mapping[str, Admission]) -> Ranking:
             return choose(
                 order,
                 reason,
-                unroutable,
-                tie_km=self.config.router.tie_km,
+                down,
+                rule=rule,
+                forbidden=forbidden,
+                tie_km=router.tie_km,
                 spread=spread,
                 anchor=anchor,
+                admit=admitted,
+                spread_km=router.failover_spread_km,
+                loads=loads,
             )
-        return choose(
-            order,
-            reason,
-            unroutable,
-            rule=self.rules.rules[rule_at],
-            forbidden=self.rules.forbidden[rule_at],
-            tie_km=self.config.router.tie_km,
-            spread=spread,
-            anchor=anchor,
-        )
+
+        if self.panicking(unroutable):
+            # Too few clusters look healthy to trust health: spread over all of them
+            # rather than pile every client onto the few left (Envoy's panic mode).
+            return ranked(_NOTHING, _NO_ADMISSIONS)._replace(
+                reason=Reason.PANIC, ignored=unroutable
+            )
+        ranking = ranked(unroutable, admit)
+        if ranking.chosen_at is not None or router.all_down is AllDown.REFUSE:
+            return ranking
+        if router.all_down is AllDown.IGNORE_HEALTH:
+            ranking = ranked(_NOTHING, _NO_ADMISSIONS)
+        else:
+            fallback = self._cached(("fallback", rule_at), self._fallback)
+            ranking = choose(fallback, Reason.FALLBACK, _NOTHING, rule=rule, forbidden=forbidden)
+        if ranking.chosen_at is None:
+            return ranking
+        return ranking._replace(reason=Reason.ALL_DOWN, ignored=unroutable)
+
+    def panicking(self, unroutable: Mapping[str, str]) -> bool:
+        """Whether fewer than ``router.panic_below`` of the clusters are routable."""
+        below = self.config.router.panic_below
+        if below <= 0:
+            return False
+        last = self._panic
+        if last and last[0][0] is unroutable:
+            return last[0][1]
+        clusters = self.config.clusters
+        routable = sum(1 for c in clusters if c.name not in unroutable)
+        panic = routable < below * len(clusters)
+        self._panic[:] = [(unroutable, panic)]
+        return panic
 
     def locate(
         self, ip: IPAddress, lookup: Callable[[IPAddress], Location | None]

@@ -55,3 +55,15 @@ def alive(pid: int) -> bool:
 def tree_cpu_seconds(root: int) -> float:
     """CPU time used so far by ``root`` and its children (a supervisor's workers)."""
     return sum(p.cpu_s for p in processes() if root in (p.pid, p.ppid))
+
+
+def ignores_signal(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has set ``signum`` to be ignored (its SigIgn mask)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False

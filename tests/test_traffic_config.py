@@ -253,3 +253,74 @@ def test_a_reload_diff_names_changed_rules_overrides_and_bias() -> None:
     )
     # All of it is read per request: a reload takes it.
     assert change.needs_restart == ()
+
+
+def test_the_failure_policy_keys_are_read_into_frozen_values() -> None:
+    config = parse(
+        tomllib.loads(
+            """
+[router]
+on_pinned_down = "temporary"
+all_down = "ignore_health"
+panic_below = 0.3
+spill_low = 0.6
+spill_high = 0.9
+failover_spread_km = 1500
+
+[health]
+stabilize_s = 30
+ramp_s = 120
+"""
+            + CLUSTERS
+        )
+    )
+    r, h = config.router, config.health
+    assert (r.on_pinned_down.value, r.all_down.value, r.panic_below) == (
+        "temporary",
+        "ignore_health",
+        0.3,
+    )
+    assert (r.spill_low, r.spill_high, r.failover_spread_km) == (0.6, 0.9, 1500)
+    assert (h.stabilize_s, h.ramp_s) == (30, 120)
+    defaults = parse(tomllib.loads(CLUSTERS))
+    assert (defaults.router.on_pinned_down.value, defaults.router.all_down.value) == (
+        "repin",
+        "503",
+    )
+    assert (defaults.health.stabilize_s, defaults.health.ramp_s) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        pytest.param(
+            '[router]\non_pinned_down = "moveit"',
+            "router.on_pinned_down: must be one of 'repin', 'temporary', 'strict'",
+            id="on_pinned_down_names_its_choices",
+        ),
+        pytest.param(
+            "[router]\nall_down = 502",
+            "router.all_down: must be one of '503', 'fallback', 'ignore_health'",
+            id="all_down_names_its_choices",
+        ),
+        pytest.param(
+            "[router]\npanic_below = 1.5", "router.panic_below", id="panic_below_is_a_share"
+        ),
+        pytest.param(
+            "[router]\nspill_low = 0.9\nspill_high = 0.8",
+            "router.spill_high: must be above spill_low (0.9)",
+            id="spill_high_must_be_above_spill_low",
+        ),
+        pytest.param("[router]\nspill_high = 2", "router.spill_high", id="spill_high_is_a_share"),
+        pytest.param(
+            "[router]\nfailover_spread_km = -1",
+            "router.failover_spread_km",
+            id="failover_spread_km_is_not_negative",
+        ),
+        pytest.param("[health]\nstabilize_s = -1", "health.stabilize_s", id="stabilize_s_negative"),
+        pytest.param('[health]\nramp_s = "long"', "health.ramp_s", id="ramp_s_is_a_number"),
+    ],
+)
+def test_a_bad_failure_policy_key_is_named(text: str, problem: str) -> None:
+    found = problems_of(text)
+    assert any(p.startswith(problem) for p in found), found

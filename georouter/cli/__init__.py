@@ -26,7 +26,6 @@ from georouter.cli import geodata as cli_geodata
 from georouter.cli import standin as cli_standin
 from georouter.config import Config, RouterMode, load, load_version
 from georouter.config.redisurl import RedisMode, RedisTarget
-from georouter.core.clientip import IPAddress, parse_address
 from georouter.demo import run as demo
 from georouter.errors import ConfigError, EmbeddedRedisError, ListenError, Problem, UsageError
 from georouter.geoip.database import DatabaseInfo, GeoDatabase
@@ -34,7 +33,7 @@ from georouter.geoip.verify import verify_configured
 from georouter.http.accesslog import AccessLogFormat
 from georouter.http.reload import ConfigFile, file_stamp
 from georouter.metrics import Metrics
-from georouter.router import AssumeAllUp, Router
+from georouter.router import Router
 from georouter.runtime import Runtime
 from georouter.serve.server import (
     ListenAddress,
@@ -282,23 +281,23 @@ def _workers(text: str) -> int:
     return int(text)
 
 
-def _address(text: str) -> IPAddress:
-    addr = parse_address(text)
-    if addr is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 or IPv6 address")
-    return addr
-
-
 def cmd_route(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     try:
         config = load(path)
+        health = cli_explain.what_if(config, args.set)
         db = open_database(config)
     except ConfigError as exc:
         return _report(path, exc)
     try:
-        router = Router(Runtime.of(config), locator=db, health=AssumeAllUp(), metrics=Metrics())
-        decisions = [router.decide(ip).as_json(explain=args.explain) for ip in args.addresses]
+        runtime = Runtime.of(config)
+        router = Router(
+            runtime, locator=db, health=health, metrics=Metrics(), admissions=health.admissions
+        )
+        decisions = [
+            router.decide(ip, new_session=args.session).as_json(explain=args.explain)
+            for ip in args.addresses
+        ]
         _warn_if_stale(db.info)
     finally:
         db.close()
@@ -406,11 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("route", help="decide offline where clients go (all clusters taken as up)")
-    p.add_argument("addresses", nargs="+", type=_address, metavar="ADDR")
+    p = sub.add_parser(
+        "route", help="decide offline where clients go (clusters taken as up unless --set)"
+    )
     p.add_argument("--config", metavar="PATH", help=config_help)
-    p.add_argument("--json", action="store_true", help="print the decisions as JSON")
-    p.add_argument("--explain", action="store_true", help="show every cluster and why")
+    cli_explain.add_arguments(p)
     p.set_defaults(func=cmd_route)
 
     p = sub.add_parser("demo", help="run stand-in clusters and an edge, and show it routing")

@@ -8,6 +8,7 @@ names below are the package's interface; nothing else reads TOML.
 from georouter.config.diff import ConfigChange, compare
 from georouter.config.files import load, load_version
 from georouter.config.model import (
+    AllDown,
     ClientIpHeader,
     Cluster,
     Config,
@@ -17,6 +18,7 @@ from georouter.config.model import (
     LimitsSettings,
     Network,
     Override,
+    PinnedDown,
     ProxySettings,
     RouterMode,
     RouterSettings,
@@ -27,6 +29,7 @@ from georouter.config.model import (
 from georouter.config.parse import parse
 
 __all__ = [
+    "AllDown",
     "ClientIpHeader",
     "Cluster",
     "Config",
@@ -37,6 +40,7 @@ __all__ = [
     "LimitsSettings",
     "Network",
     "Override",
+    "PinnedDown",
     "ProxySettings",
     "RouterMode",
     "RouterSettings",

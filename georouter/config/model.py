@@ -88,6 +88,28 @@ class RouterMode(StrEnum):
 DATA_PATH_API_PREFIX = "/_georouter"
 
 
+class PinnedDown(StrEnum):
+    """What a session pinned to a cluster that is down gets."""
+
+    # Moved to the cluster a new session would get, for good (`failover`).
+    REPIN = "repin"
+    # Served there, its pin kept: home again once the cluster is back (`detour`).
+    TEMPORARY = "temporary"
+    # A 503: for applications that cannot move a session (`pinned_down`).
+    STRICT = "strict"
+
+
+class AllDown(StrEnum):
+    """What a client gets when no cluster it may go to is routable."""
+
+    # A 503 naming why each cluster was passed over.
+    REFUSE = "503"
+    # The fallback cluster (or the first its rule allows), whatever its health.
+    FALLBACK = "fallback"
+    # The cluster it would get if every cluster were healthy.
+    IGNORE_HEALTH = "ignore_health"
+
+
 @dataclass(frozen=True, slots=True)
 class RouterSettings:
     fallback: str
@@ -106,6 +128,19 @@ class RouterSettings:
     # Clusters whose biased distances are within this of the nearest share its new
     # sessions by `weight` (0: off, the nearest takes them all).
     tie_km: float = 0.0
+    on_pinned_down: PinnedDown = PinnedDown.REPIN
+    all_down: AllDown = AllDown.REFUSE
+    # Fewer than this share of the clusters routable: health is ignored (Envoy's
+    # panic threshold), as if all were up (0: never).
+    panic_below: float = 0.0
+    # A cluster reporting a load above `spill_low` takes a shrinking share of new
+    # sessions, none above `spill_high`; the rest go on to the next cluster.
+    spill_low: float = 0.8
+    spill_high: float = 0.95
+    # When the nearest cluster takes no new sessions (down, draining, full), they
+    # spread over the routable clusters within this of the next one, in proportion
+    # to weight times headroom (1 - load), not all onto that one (0: off).
+    failover_spread_km: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +189,10 @@ class HealthSettings:
     ejection_s: float = 30.0
     max_ejection_s: float = 300.0
     max_ejected_share: float = 0.5
+    # Failback: a cluster back up after being down takes no new sessions for
+    # `stabilize_s`, then a share ramping from 5% to all over `ramp_s` (0: at once).
+    stabilize_s: float = 0.0
+    ramp_s: float = 0.0
 
 
 class SessionSource(StrEnum):

@@ -30,7 +30,7 @@ from georouter.config.sections import (
     parse_proxy,
     parse_sessions,
 )
-from georouter.config.traffic import parse_overrides, parse_rules
+from georouter.config.traffic import parse_overrides, parse_rules, router_policy
 from georouter.config.values import (
     Invalid,
     Section,
@@ -156,6 +156,7 @@ def parse(document: Mapping[str, Any], *, base_dir: Path | None = None) -> Confi
         max_forwarded_hops=r.get("max_forwarded_hops", count(1, 100), 20),
         watch_config_s=r.get("watch_config_s", number(0, 3600), 2.0),
         tie_km=r.get("tie_km", number(0, 20_000), 0.0),
+        **router_policy(r),
     )
     r.finish()
 

@@ -171,6 +171,8 @@ def parse_health(table: Any, problems: list[Problem]) -> HealthSettings:
         expect_body=expect_body,
         max_body_bytes=max_body_bytes,
         **_passive(h, defaults),
+        stabilize_s=h.get("stabilize_s", number(0, 86400), defaults.stabilize_s),
+        ramp_s=h.get("ramp_s", number(0, 86400), defaults.ramp_s),
     )
     h.finish()
     return settings

@@ -1,4 +1,5 @@
-"""The traffic-policy tables of ``clusters.toml``: ``[[rules]]`` and ``[[overrides]]``.
+"""The traffic-policy tables of ``clusters.toml``: ``[[rules]]`` and ``[[overrides]]``,
+and the ``[router]`` keys that decide what happens around "nearest healthy".
 
 Both name clusters, so they are read after ``[[clusters]]`` with the names the
 operator wrote (``names``); a name that is not among them is reported at its
@@ -12,11 +13,21 @@ import re
 from collections.abc import Callable, Collection
 from typing import Any
 
-from georouter.config.model import CONTINENTS, Network, Override, Rule
+from georouter.config.model import (
+    CONTINENTS,
+    AllDown,
+    Network,
+    Override,
+    PinnedDown,
+    RouterSettings,
+    Rule,
+)
 from georouter.config.values import (
     Invalid,
     Section,
     boolean,
+    choice,
+    fmt,
     networks,
     number,
     quoted,
@@ -179,3 +190,33 @@ def parse_overrides(
         if len(problems) == before:
             overrides.append(Override(cidr, cluster, lat, lon, country_code, continent_code))
     return tuple(overrides)
+
+
+def router_policy(r: Section) -> dict[str, Any]:
+    """The ``[router]`` keys of the traffic policy, as RouterSettings fields."""
+    defaults = RouterSettings(fallback="")
+    spill_low = r.get("spill_low", number(0, 1), defaults.spill_low)
+    spill_high = r.get("spill_high", number(0, 1), defaults.spill_high)
+    if r.valid("spill_low", "spill_high") and spill_high <= spill_low:
+        r.problem(
+            "spill_high",
+            f"must be above spill_low ({fmt(spill_low)}): between them a cluster's share"
+            " of new sessions shrinks",
+        )
+    return {
+        "on_pinned_down": r.get("on_pinned_down", choice(PinnedDown), defaults.on_pinned_down),
+        "all_down": r.get("all_down", _all_down, defaults.all_down),
+        "panic_below": r.get("panic_below", number(0, 1), defaults.panic_below),
+        "spill_low": spill_low,
+        "spill_high": spill_high,
+        "failover_spread_km": r.get(
+            "failover_spread_km", number(0, 20_000), defaults.failover_spread_km
+        ),
+    }
+
+
+def _all_down(value: Any) -> AllDown | Invalid:
+    # TOML users write 503 as a number as often as a string.
+    if isinstance(value, int) and not isinstance(value, bool) and value == 503:
+        return AllDown.REFUSE
+    return choice(AllDown)(value)

@@ -53,7 +53,17 @@ class Decision(NamedTuple):
         if rule is not None:
             # The residency rule the client falls under, so a 503 says which one held.
             body["rule"] = rule.name
-        if self.cluster is None:
+        if self.cluster is None and self.reason is Reason.PINNED_DOWN:
+            assert self.session is not None
+            assert self.session.pin is not None
+            home = self.session.pin.cluster
+            body["error"] = "pinned_cluster_down"
+            body["message"] = (
+                f"the session is pinned to {home}, which cannot take it now"
+                f" ({self.ranking.unroutable.get(home, 'down')}), and router.on_pinned_down"
+                ' = "strict" keeps it there'
+            )
+        elif self.cluster is None:
             body["error"] = "no_routable_cluster"
             whom = "no cluster"
             if rule is not None and rule.strict:

@@ -36,6 +36,8 @@ class ProbeResult:
     ok: bool
     # What the probe saw: "HTTP 200", "HTTP 503", "timeout", "connection refused".
     detail: str
+    # The load the cluster reported with its answer (0 idle to 1 full); None: none.
+    load: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,11 @@ class HealthState:
     # last changed, newest in bit 0, a set bit a failure.
     recent: int = 0
     recent_len: int = 0
+    # The load its last answer reported (None: none, or the probe failed).
+    load: float | None = None
+    # When it came back up after being down (None: not since it was last down, or
+    # up since its first probe): failback's stabilize and ramp count from here.
+    recovered_at: float | None = None
 
     @property
     def routable(self) -> bool:
@@ -73,6 +80,8 @@ class HealthState:
             "last_detail": self.last_detail,
             "recent_failures": self.recent_failures,
             "recent_probes": self.recent_len,
+            "load": self.load,
+            "recovered_at": self.recovered_at,
         }
 
 
@@ -118,6 +127,9 @@ def observe(
         # it down before (rise/fall, not the window, decide when it is back).
         recent = int(not result.ok) & keep
         recent_len = min(1, window)
+    recovered_at = state.recovered_at
+    if status is not state.status:
+        recovered_at = now if state.status is Status.DOWN and status is Status.UP else None
     return replace(
         state,
         status=status,
@@ -129,6 +141,8 @@ def observe(
         last_detail=result.detail,
         recent=recent,
         recent_len=recent_len,
+        load=result.load if result.ok else None,
+        recovered_at=recovered_at,
     )
 
 

@@ -11,19 +11,19 @@ and a weighted split draws from the session's hash, never from a generator).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import NamedTuple
 
 from georouter.config import Cluster, Rule
+from georouter.core.admission import Admission, point_of
+from georouter.core.split import SPREAD_BITS, band_of, headroom, pick_by_weight, spread_of
 
 # IUGG mean Earth radius.
 EARTH_RADIUS_KM = 6371.0088
-# A weighted split reads this many low bits of the caller's hash.
-SPREAD_BITS = 32
 
 
 class Reason(StrEnum):
@@ -47,6 +47,23 @@ class Reason(StrEnum):
     # Proxy mode: the first cluster asked sent the request on to this one (its
     # `georouter-replay` hint), and the session moved with it.
     REPLAY = "replay"
+    # A nearer cluster's load kept this new session off it (`spill_low`/`spill_high`).
+    SPILL = "spill"
+    # A nearer cluster is back from being down and not yet taking this session
+    # (`[health] stabilize_s`, `ramp_s`).
+    RAMP = "ramp"
+    # The nearest cluster takes no new sessions; they spread over the next ones by
+    # headroom (`router.failover_spread_km`), and this one was drawn.
+    SPREAD = "spread"
+    # The session's pin is kept while its cluster is down (`on_pinned_down =
+    # "temporary"`, or the cluster is down from this edge only): served here meanwhile.
+    DETOUR = "detour"
+    # The session's cluster is down and `on_pinned_down = "strict"`: a 503.
+    PINNED_DOWN = "pinned_down"
+    # Fewer than `router.panic_below` of the clusters are routable: health ignored.
+    PANIC = "panic"
+    # No cluster the client may go to is routable; `router.all_down` chose this one.
+    ALL_DOWN = "all_down"
     # No cluster could take the client (every one is down): the answer is a 503.
     NONE = "none"
 
@@ -73,6 +90,12 @@ class Candidate:
     rule: str | None = None
     # Its share of new sessions in a tie split; None: not in one.
     share: float | None = None
+    # How much of its share of new sessions it takes now (load, failback ramp).
+    admission: Admission | None = None
+    # Why it would not be routable, when health is ignored (panic, all_down).
+    ignored: str | None = None
+    # The load it last reported (None: none).
+    load: float | None = None
 
     def as_json(self) -> dict[str, object]:
         body: dict[str, object] = {
@@ -90,6 +113,16 @@ class Candidate:
             body["share"] = round(self.share, 4)
         if self.rule is not None:
             body["rule"] = self.rule
+        if self.admission is not None:
+            body["admission"] = {
+                "share": round(self.admission.share, 4),
+                "held": self.admission.held.value,
+                "why": self.admission.why,
+            }
+        if self.ignored is not None:
+            body["health_ignored"] = self.ignored
+        if self.load is not None:
+            body["load"] = self.load
         return body
 
 
@@ -146,6 +179,16 @@ class Ranking(NamedTuple):
     # The cluster an unmeasured order is built around (the fallback, or an
     # override's cluster); "": the order's first.
     anchor: str = ""
+    # The band's weights (weight, times headroom in a failover spread).
+    band_weights: tuple[float, ...] = ()
+    # The clusters taking less than their share of new sessions now, and the ones
+    # (indices) this request passed over for it.
+    admit: Mapping[str, Admission] = MappingProxyType({})
+    held: tuple[int, ...] = ()
+    # What health said, when the choice ignored it (panic, all_down); None: it did not.
+    ignored: Mapping[str, str] | None = None
+    # The loads the clusters reported, for the explanation.
+    loads: Mapping[str, float] = MappingProxyType({})
 
     @property
     def chosen(self) -> Candidate | None:
@@ -161,26 +204,38 @@ class Ranking(NamedTuple):
         first = self.anchor or self.order[0][0].name
         rule = self.rule
         preferred = len(rule.clusters) if rule is not None else 0
-        total = sum(self.order[j][0].weight for j in self.band)
+        weights = self.band_weights or tuple(self.order[j][0].weight for j in self.band)
+        total = sum(weights)
+        ignored = self.ignored or {}
         for i, (cluster, distance) in enumerate(self.order):
             verdict = _verdict(rule, i < preferred)
             share = None
             if i in self.band:
-                share = cluster.weight / total if total else float(i == self.band[0])
-            why_not = self.unroutable.get(cluster.name)
-            if cluster.name in self.forbidden:
+                at = self.band.index(i)
+                share = weights[at] / total if total else float(at == 0)
+            name = cluster.name
+            why_not = self.unroutable.get(name)
+            chosen = False
+            if name in self.forbidden:
                 assert rule is not None
-                why = f"outside strict rule {rule.name!r}"
-                out.append(Candidate(cluster, distance, False, why, verdict))
+                why, share = f"outside strict rule {rule.name!r}", None
             elif why_not is not None:
-                out.append(Candidate(cluster, distance, False, why_not, verdict, share))
+                why = why_not
+            elif i in self.held:
+                why = f"{self.admit[name].why}; this session is not among them"
             elif i == self.chosen_at:
-                winner = cluster
+                winner, chosen = cluster, True
                 why = self._chosen_why(cluster, first, measured, share)
-                out.append(Candidate(cluster, distance, True, why, verdict, share))
             else:
                 why = self._passed_why(i, cluster, winner, measured, preferred)
-                out.append(Candidate(cluster, distance, False, why, verdict, share))
+            admission = self.admit.get(name)
+            ignored_why = ignored.get(name)
+            load = self.loads.get(name)
+            out.append(
+                Candidate(
+                    cluster, distance, chosen, why, verdict, share, admission, ignored_why, load
+                )
+            )
         return tuple(out)
 
     def _chosen_why(self, cluster: Cluster, first: str, measured: bool, share: float | None) -> str:
@@ -192,8 +247,15 @@ class Ranking(NamedTuple):
             and self.chosen_at < len(rule.clusters)
             else ""
         )
+        if self.ignored is not None:
+            return self._ignored_why(cluster)
         if self.reason is Reason.WEIGHT:
             return f"chosen by weight among clusters within tie_km{of_rule} (share {share:.0%})"
+        if self.reason is Reason.SPREAD:
+            return (
+                f"drawn by weight and headroom among the clusters within failover_spread_km"
+                f" of the first routable one{of_rule} (share {share:.0%})"
+            )
         if self.reason is Reason.COUNTRY:
             return f"nearest routable cluster{of_rule} to the client's country (located only to it)"
         if self.reason is Reason.OVERRIDE:
@@ -208,9 +270,21 @@ class Ranking(NamedTuple):
                 )
             return _fallback_why(cluster, first)
         why = f"nearest routable cluster{of_rule}"
+        if self.held:
+            why = f"nearest routable cluster{of_rule} taking this session"
         if share is not None:
             why += f", drawn by weight among clusters within tie_km (share {share:.0%})"
         return why
+
+    def _ignored_why(self, cluster: Cluster) -> str:
+        what = "health ignored"
+        if self.reason is Reason.PANIC:
+            what = "fewer clusters routable than router.panic_below: health ignored"
+        elif self.reason is Reason.ALL_DOWN:
+            what = "no cluster routable: router.all_down chose it"
+        assert self.ignored is not None
+        state = self.ignored.get(cluster.name)
+        return f"{what}" + (f" (it is {state})" if state else "")
 
     def _passed_why(
         self, i: int, cluster: Cluster, winner: Cluster | None, measured: bool, preferred: int
@@ -223,6 +297,8 @@ class Ranking(NamedTuple):
         if i in self.band:
             return f"shares new sessions with {winner.name} by weight; not drawn this time"
         assert self.chosen_at is not None
+        if self.ignored is not None and self.reason is Reason.ALL_DOWN:
+            return f"router.all_down chose {winner.name}"
         if self.rule is not None and self.chosen_at < preferred <= i:
             return f"not in rule {self.rule.name!r}, whose {winner.name} is routable"
         rel = "farther than" if measured else "ranked after"
@@ -251,89 +327,104 @@ def choose(
     tie_km: float = 0.0,
     spread: int | str | bytes | None = None,
     anchor: str = "",
+    admit: Mapping[str, Admission] = MappingProxyType({}),
+    spread_km: float = 0.0,
+    loads: Mapping[str, float] = MappingProxyType({}),
 ) -> Ranking:
     """The first cluster of ``order`` that is neither in ``unroutable`` nor
-    ``forbidden``; with ``tie_km`` and a ``spread`` (the session's hash, or the
-    session id or address bytes to hash with ``spread_of``, only once a split
-    needs it), one of the clusters whose biased distance is within ``tie_km`` of
-    it, by weight.
+    ``forbidden``, and that takes this session (``admit``: the clusters taking only a
+    share of new sessions, compared with a point drawn from ``spread``). With
+    ``tie_km`` and a ``spread`` (the session's hash, or the session id or address
+    bytes to hash with ``spread_of``, only once a split needs it), one of the
+    clusters whose biased distance is within ``tie_km`` of it, by weight; with
+    ``spread_km``, when a nearer cluster was passed over, one within ``spread_km``
+    of it, by weight times headroom (1 - its load in ``loads``).
 
     With a ``rule``, ``order`` must hold its clusters first (``arrange``); a tie
     split never crosses from the rule's clusters to the others.
     """
-    first = None
-    for i, (cluster, _) in enumerate(order):
-        if cluster.name not in unroutable and cluster.name not in forbidden:
-            first = i
-            break
-    if first is None:
-        return Ranking(reason, order, unroutable, None, rule, forbidden, (), anchor)
-    if tie_km <= 0 or spread is None or reason is not Reason.NEAREST:
-        return Ranking(reason, order, unroutable, first, rule, forbidden, (), anchor)
-    band = _band(order, first, unroutable=unroutable, forbidden=forbidden, tie_km=tie_km, rule=rule)
-    if len(band) < 2:
-        return Ranking(reason, order, unroutable, first, rule, forbidden, (), anchor)
-    if not isinstance(spread, int):
+    if spread is not None and not isinstance(spread, int) and (admit or tie_km or spread_km):
         spread = spread_of(spread)
-    picked = pick_by_weight([order[j][0].weight for j in band], spread)
-    chosen = band[picked]
-    why = Reason.WEIGHT if chosen != first else reason
-    return Ranking(why, order, unroutable, chosen, rule, forbidden, band, anchor)
-
-
-def spread_of(key: str | bytes) -> int:
-    """A hash of a session id (or a client address's bytes) that every edge computes
-    alike, unlike ``hash()``, which Python salts per process."""
-    data = key.encode("utf-8", "surrogatepass") if isinstance(key, str) else key
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
-
-
-def _band(
-    order: Order,
-    first: int,
-    *,
-    unroutable: Mapping[str, str],
-    forbidden: frozenset[str],
-    tie_km: float,
-    rule: Rule | None,
-) -> tuple[int, ...]:
-    """The routable clusters from ``first`` on whose biased distance is within
-    ``tie_km`` of its own, in the same part of the order (the rule's, or not)."""
-    nearest, d0 = order[first]
-    assert d0 is not None
-    limit = d0 - nearest.bias_km + tie_km
-    preferred = len(rule.clusters) if rule is not None else 0
-    inside = first < preferred
-    band = [first]
-    for j in range(first + 1, len(order)):
-        cluster, d = order[j]
-        if (j < preferred) is not inside:
-            break
-        assert d is not None
-        if d - cluster.bias_km > limit:
-            break
-        if cluster.name not in unroutable and cluster.name not in forbidden:
-            band.append(j)
-    return tuple(band)
-
-
-def pick_by_weight(weights: list[float], spread: int) -> int:
-    """The index drawn from ``weights`` by ``spread``: each index for the share of
-    the hash space its weight is of the total (all weights 0: the first)."""
-    total = sum(weights)
-    if total <= 0:
-        return 0
-    point = (spread % (1 << SPREAD_BITS)) / (1 << SPREAD_BITS) * total
-    reached = 0.0
-    for i, weight in enumerate(weights):
-        reached += weight
-        if point < reached:
-            return i
-    # Rounding may leave the point just past the last bound.
-    return max(i for i, w in enumerate(weights) if w > 0)
+    point = point_of(spread) if isinstance(spread, int) else 0.0
+    first = None
+    home = None
+    held: list[int] = []
+    for i, (cluster, _) in enumerate(order):
+        name = cluster.name
+        if name in forbidden:
+            continue
+        if home is None:
+            home = i
+        if name in unroutable:
+            continue
+        admission = admit.get(name)
+        if admission is not None and point >= admission.share:
+            held.append(i)
+            continue
+        first = i
+        break
+    if first is None and held:
+        # Held back is not down: with nowhere else to go, a loaded or ramping cluster
+        # takes the session rather than the client getting a 503.
+        first, held = held[0], held[1:]
+    base = Ranking(reason, order, unroutable, first, rule, forbidden, (), anchor, (), admit)
+    if loads:
+        base = base._replace(loads=loads)
+    if held:
+        base = base._replace(held=tuple(held))
+        if first is None or held[0] < first:
+            base = base._replace(reason=Reason(admit[order[held[0]][0].name].held))
+    if first is None:
+        return base._replace(chosen_at=None)
+    measured = reason is Reason.NEAREST
+    if not measured or spread is None:
+        return base
+    assert isinstance(spread, int)
+    failing_over = spread_km > 0 and home is not None and home != first
+    width = max(tie_km, spread_km) if failing_over else tie_km
+    if width <= 0:
+        return base
+    band = band_of(
+        order,
+        first,
+        unroutable=unroutable,
+        forbidden=forbidden,
+        width=width,
+        rule=rule,
+        taken=lambda name: name not in admit or point < admit[name].share,
+    )
+    if len(band) < 2:
+        return base
+    weights = [order[j][0].weight for j in band]
+    if failing_over:
+        weights = [
+            w * headroom(loads.get(order[j][0].name)) for w, j in zip(weights, band, strict=True)
+        ]
+    chosen = band[pick_by_weight(weights, spread)]
+    why = base.reason
+    if chosen != first:
+        why = Reason.SPREAD if failing_over else Reason.WEIGHT
+    return base._replace(reason=why, chosen_at=chosen, band=band, band_weights=tuple(weights))
 
 
 def _fallback_why(cluster: Cluster, fallback: str) -> str:
     if cluster.name == fallback:
         return "fallback cluster (client has no location)"
     return f"nearest routable cluster to the fallback {fallback} (client has no location)"
+
+
+__all__ = [
+    "SPREAD_BITS",
+    "Candidate",
+    "Order",
+    "Ranking",
+    "Reason",
+    "arrange",
+    "choose",
+    "fallback_order",
+    "haversine_km",
+    "nearest_order",
+    "pick_by_weight",
+    "spread_of",
+    "unmeasured",
+]

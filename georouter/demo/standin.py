@@ -64,6 +64,9 @@ class _Handler(BaseHTTPRequestHandler):
             standin.health_gate.wait(timeout=30)
             status = standin.health_status
             payload = {"cluster": standin.name, "status": status}
+            if standin.load is not None:
+                # The load a cluster reports for georouter's spill (README, "Load").
+                payload["load"] = standin.load
         else:
             status = 200
             payload = {
@@ -101,6 +104,8 @@ class StandIn:
         # Cleared: health requests hang until it is set again (or 30 s pass).
         self.health_gate = threading.Event()
         self.health_gate.set()
+        # Reported in the health answer's JSON as "load" (None: not reported).
+        self.load: float | None = None
         self.requests = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None

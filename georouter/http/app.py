@@ -168,6 +168,8 @@ def create_app(
                 passive=passive,
                 controls=lambda: (controls.version, controls.controls),
                 clock=clock,
+                states=lambda: source.states,
+                config=lambda: router.runtime.config,
             )
             router = Router(
                 Runtime.of(config),
@@ -176,6 +178,7 @@ def create_app(
                 metrics=metrics,
                 sessions=sessions,
                 pinned=view.pinned,
+                admissions=view.admissions,
             )
             # Before the first request: a drain made before this edge started holds here.
             await controls.load()

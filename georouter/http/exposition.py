@@ -111,6 +111,23 @@ class EdgeCollector(Collector):
             sum(st.routable for st in states.values()),
         )
         yield _gauge("georouter_clusters", "Configured clusters.", len(config.clusters))
+        yield _gauge(
+            "georouter_panic",
+            "Whether health is ignored because fewer than router.panic_below of the"
+            " clusters are routable (1: panic).",
+            svc.runtime.panicking(svc.router.unroutable()),
+        )
+        held, _ = svc.router.admissions()
+        share = GaugeMetricFamily(
+            "georouter_cluster_new_session_share",
+            "The share of its new sessions a routable cluster takes now (below 1: held"
+            " back by its load or by failback's stabilize and ramp).",
+            labels=("cluster",),
+        )
+        for cluster in config.clusters:
+            admission = held.get(cluster.name)
+            share.add_metric((cluster.name,), 1.0 if admission is None else admission.share)
+        yield share
         info = GaugeMetricFamily(
             "georouter_build_info",
             "The georouter version this edge runs (always 1).",

@@ -242,6 +242,7 @@ SPEC: dict[str, Any] = {
                                 "clusters": {"type": "array", "items": {"type": "object"}},
                                 "geoip": {"type": "object"},
                                 "sessions": {"type": ["object", "null"]},
+                                "policy": {"type": "object"},
                                 "warnings": {"type": "array", "items": {"type": "string"}},
                             },
                         },

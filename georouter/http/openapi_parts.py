@@ -153,7 +153,7 @@ DECISION = {
             "type": "string",
             "description": "the residency rule ([[rules]] name) the client falls under",
         },
-        "error": {"type": "string", "enum": ["no_routable_cluster"]},
+        "error": {"type": "string", "enum": ["no_routable_cluster", "pinned_cluster_down"]},
         "message": {"type": "string"},
         "explain": {
             "type": "array",

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from georouter.config import Config, SessionSource
+from georouter.core.admission import Admission
 from georouter.core.controls import NO_CONTROLS
 from georouter.core.health import HealthState
 from georouter.http import exposition, openapi
@@ -20,6 +21,8 @@ async def list_clusters(request: Request) -> Response:
     now = svc.clock()
     controls = svc.controls.controls if svc.controls is not None else NO_CONTROLS
     unroutable = svc.router.unroutable()
+    held, _ = svc.router.admissions()
+    router = config.router
     warnings = []
     if info.stale:
         warnings.append(
@@ -46,15 +49,34 @@ async def list_clusters(request: Request) -> Response:
                     # Whether a new session may go there now, and if not why.
                     "routable": c.name not in unroutable,
                     "why_not": unroutable.get(c.name),
+                    # The share of its new sessions it takes now (load, failback).
+                    "new_session_share": _share(held.get(c.name)),
                 }
                 for c in config.clusters
             ],
+            "policy": {
+                "panic": svc.runtime.panicking(unroutable),
+                "panic_below": router.panic_below,
+                "routable": sum(c.name not in unroutable for c in config.clusters),
+                "all_down": router.all_down.value,
+                "on_pinned_down": router.on_pinned_down.value,
+            },
             "geoip": info.as_json(),
             "sessions": _sessions_status(svc, config),
             "config": None if svc.reloader is None else svc.reloader.status(problems=False),
             "warnings": warnings,
         }
     )
+
+
+def _share(admission: Admission | None) -> dict[str, object]:
+    if admission is None:
+        return {"share": 1.0, "held": None, "why": None}
+    return {
+        "share": round(admission.share, 4),
+        "held": admission.held.value,
+        "why": admission.why,
+    }
 
 
 def _sessions_status(svc: Services, config: Config) -> dict[str, object] | None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 import httpx
 
 from georouter.config import Cluster, HealthSettings
+from georouter.core.admission import LOAD_HEADER, load_of
 from georouter.core.health import (
     HealthState,
     ProbeResult,
@@ -176,7 +177,8 @@ class HealthMonitor:
                     return ProbeResult(ok=False, detail=f"{seen}, body is {encoding}-encoded")
                 if s.expect_body not in body.decode("utf-8", "replace"):
                     return ProbeResult(ok=False, detail=f"{seen}, body lacks {s.expect_body!r}")
-            return ProbeResult(ok=True, detail=seen)
+            load = load_of(response.headers.get(LOAD_HEADER), bytes(body))
+            return ProbeResult(ok=True, detail=seen, load=load)
 
     def record(self, cluster: Cluster, result: ProbeResult) -> HealthState:
         before = self.states[cluster.name]

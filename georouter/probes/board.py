@@ -29,7 +29,8 @@ _HEADER = struct.Struct("<QBH")  # sequence, first round done, clusters on the b
 # name, status, consecutive ok, consecutive failed, probes, since, last probe at,
 # detail, and the window (its bits and length): a replacement prober carries on
 # from what is published here, so the window must survive the trip like the counters.
-_RECORD = struct.Struct("<64sBIIIdd96sQB")
+# Then the load last reported and when it recovered (NaN: none).
+_RECORD = struct.Struct("<64sBIIIdd96sQBdd")
 # Clusters a board has room for (cluster names are at most 63 bytes).
 CAPACITY = MAX_CLUSTERS
 _STATUS_CODES = {Status.UNKNOWN: 0, Status.UP: 1, Status.DOWN: 2}
@@ -37,7 +38,7 @@ _STATUSES = {code: status for status, code in _STATUS_CODES.items()}
 _NAN = float("nan")
 
 
-_Fields = tuple[bytes, int, int, int, int, float, float, bytes, int, int]
+_Fields = tuple[bytes, int, int, int, int, float, float, bytes, int, int, float, float]
 
 
 def _fields(name: str, state: HealthState) -> _Fields:
@@ -52,6 +53,8 @@ def _fields(name: str, state: HealthState) -> _Fields:
         _truncate(state.last_detail, 96),
         state.recent,
         state.recent_len,
+        _NAN if state.load is None else state.load,
+        _NAN if state.recovered_at is None else state.recovered_at,
     )
 
 
@@ -64,7 +67,7 @@ def _truncate(text: str, limit: int) -> bytes:
 
 
 def _decode(raw: _Fields) -> tuple[str, HealthState]:
-    name, status, ok, failed, probes, since, last, detail, recent, recent_len = raw
+    name, status, ok, failed, probes, since, last, detail, recent, recent_len, load, back = raw
     return name.rstrip(b"\0").decode("ascii"), HealthState(
         status=_STATUSES[status],
         consecutive_ok=ok,
@@ -75,6 +78,8 @@ def _decode(raw: _Fields) -> tuple[str, HealthState]:
         last_detail=detail.rstrip(b"\0").decode("utf-8", "replace"),
         recent=recent,
         recent_len=recent_len,
+        load=None if math.isnan(load) else load,
+        recovered_at=None if math.isnan(back) else back,
     )
 
 

@@ -10,8 +10,15 @@ import math
 import time
 from collections.abc import Callable, Mapping
 
+from georouter.config import Config
+from georouter.core.admission import Admission, admissions
 from georouter.core.controls import NO_CONTROLS, Controls, Routability, routability
+from georouter.core.health import HealthState
 from georouter.probes.passive import PassiveHealth
+
+# How long a view of the clusters' loads is reused: loads arrive with probes,
+# so a new one is seen within this of its probe.
+LOAD_REFRESH_S = 0.25
 
 
 class RoutableView:
@@ -24,6 +31,8 @@ class RoutableView:
         passive: PassiveHealth | None = None,
         controls: Callable[[], tuple[int, Controls]] | None = None,
         clock: Callable[[], float] = time.time,
+        states: Callable[[], Mapping[str, HealthState]] | None = None,
+        config: Callable[[], Config] | None = None,
     ) -> None:
         self._health = health
         self._passive = passive
@@ -31,6 +40,12 @@ class RoutableView:
         self._clock = clock
         self._key: tuple[object, int, int] | None = None
         self._view = Routability({}, {}, -math.inf)
+        self._states = states
+        self._config = config
+        self._held: tuple[Mapping[str, Admission], Mapping[str, float]] = ({}, {})
+        self._held_until = -math.inf
+        self._held_config: Config | None = None
+        self._held_health: Mapping[str, str] | None = None
 
     def _current(self) -> Routability:
         base = self._health()
@@ -60,3 +75,35 @@ class RoutableView:
     def pinned(self) -> Mapping[str, str]:
         """The clusters a session pinned to may not stay on (a draining one may)."""
         return self._current().pinned
+
+    def admissions(self) -> tuple[Mapping[str, Admission], Mapping[str, float]]:
+        """The clusters taking only a share of new sessions now (load, failback ramp),
+        and the load each up cluster last reported."""
+        if self._states is None or self._config is None:
+            return self._held
+        now = self._clock()
+        config = self._config()
+        # A new health view is a status change: a cluster just back must be held
+        # from its first request on, not once this answer is due for a refresh.
+        health = self._health()
+        fresh = config is self._held_config and health is self._held_health
+        if fresh and now < self._held_until:
+            return self._held
+        states = self._states()
+        r, h = config.router, config.health
+        held, until = admissions(
+            states,
+            now=now,
+            stabilize_s=h.stabilize_s,
+            ramp_s=h.ramp_s,
+            spill_low=r.spill_low,
+            spill_high=r.spill_high,
+        )
+        loads = {
+            name: st.load for name, st in states.items() if st.routable and st.load is not None
+        }
+        self._held = (held, loads)
+        self._held_until = min(until, now + LOAD_REFRESH_S)
+        self._held_config = config
+        self._held_health = health
+        return self._held

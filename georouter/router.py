@@ -55,6 +55,7 @@ class Router:
         metrics: Metrics,
         sessions: SessionMap | None = None,
         pinned: Callable[[], Mapping[str, str]] | None = None,
+        detours: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.runtime = runtime
         self._locator = locator
@@ -62,6 +63,9 @@ class Router:
         # The clusters a pinned session may not stay on; health's unless told (a
         # draining cluster takes no new sessions but keeps its pins until its deadline).
         self._pinned = pinned or health.unroutable
+        # Clusters down from this edge only (shared health): up for the other edges,
+        # so a session pinned there is served elsewhere without moving its pin.
+        self._detours = detours
         self._sessions = sessions
         self._decisions = metrics.family(
             "georouter_decisions_total",

@@ -154,6 +154,13 @@ class HealthSettings:
     ejection_s: float = 30.0
     max_ejection_s: float = 300.0
     max_ejected_share: float = 0.5
+    # Shared health: every edge publishes its probe results to Redis, and a cluster
+    # is down for routing only when at least `quorum` of the edges that reported in
+    # the last `shared_window` intervals see it down; one only some edges cannot
+    # reach is "down from here" at those edges alone.
+    shared: bool = False
+    quorum: float = 0.5
+    shared_window: int = 3
 
 
 class SessionSource(StrEnum):

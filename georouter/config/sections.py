@@ -24,6 +24,7 @@ from georouter.config.model import (
     SessionSource,
 )
 from georouter.config.redisurl import RedisTarget, parse_redis_url
+from georouter.config.sharedhealth import shared_keys
 from georouter.config.values import (
     HTTP_TOKEN,
     Invalid,
@@ -171,6 +172,7 @@ def parse_health(table: Any, problems: list[Problem]) -> HealthSettings:
         expect_body=expect_body,
         max_body_bytes=max_body_bytes,
         **_passive(h, defaults),
+        **shared_keys(h, defaults),
     )
     h.finish()
     return settings

@@ -8,6 +8,7 @@ from starlette.responses import Response
 from georouter.config import Config, SessionSource
 from georouter.core.controls import NO_CONTROLS
 from georouter.core.health import HealthState
+from georouter.core.quorum import Agreement
 from georouter.http import exposition, openapi
 from georouter.http.common import JSON, Services, services
 
@@ -20,6 +21,8 @@ async def list_clusters(request: Request) -> Response:
     now = svc.clock()
     controls = svc.controls.controls if svc.controls is not None else NO_CONTROLS
     unroutable = svc.router.unroutable()
+    shared = svc.shared_health
+    agreement = None if shared is None else shared.agreement()
     warnings = []
     if info.stale:
         warnings.append(
@@ -46,6 +49,8 @@ async def list_clusters(request: Request) -> Response:
                     # Whether a new session may go there now, and if not why.
                     "routable": c.name not in unroutable,
                     "why_not": unroutable.get(c.name),
+                    # What the edges agree on (`[health] shared`; null when off).
+                    "shared": None if agreement is None else _verdict(agreement, c.name),
                 }
                 for c in config.clusters
             ],
@@ -53,8 +58,20 @@ async def list_clusters(request: Request) -> Response:
             "sessions": _sessions_status(svc, config),
             "config": None if svc.reloader is None else svc.reloader.status(problems=False),
             "warnings": warnings,
+            "shared_health": None if shared is None else shared.status(),
         }
     )
+
+
+def _verdict(agreement: Agreement, name: str) -> dict[str, object]:
+    if name in agreement.down:
+        verdict, why = "down", agreement.down[name]
+    elif name in agreement.here_only:
+        verdict, why = "down_from_here", agreement.here_only[name]
+    else:
+        verdict, why = "up", None
+    views = agreement.views.get(name, ())
+    return {"verdict": verdict, "why": why, "edges": [v.as_json() for v in views]}
 
 
 def _sessions_status(svc: Services, config: Config) -> dict[str, object] | None:

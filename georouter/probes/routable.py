@@ -2,6 +2,10 @@
 operator's drains and overrides (``core.controls.routability``), rebuilt only
 when one of them changes or time moves past an ejection's end, an override's
 expiry or a drain's deadline, so nearly every request reuses the same value.
+
+With shared health (``core.quorum``) the probes' part differs by who asks: a new
+session avoids clusters down by quorum and those down from here only, while a
+pinned session leaves only those down by quorum; the rest are ``detours()``.
 """
 
 from __future__ import annotations
@@ -9,9 +13,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 from georouter.core.controls import NO_CONTROLS, Controls, Routability, routability
+from georouter.core.quorum import Agreement
 from georouter.probes.passive import PassiveHealth
+
+_NO_DETOURS: Mapping[str, str] = MappingProxyType({})
 
 
 class RoutableView:
@@ -24,16 +32,22 @@ class RoutableView:
         passive: PassiveHealth | None = None,
         controls: Callable[[], tuple[int, Controls]] | None = None,
         clock: Callable[[], float] = time.time,
+        shared: Callable[[], Agreement | None] | None = None,
     ) -> None:
         self._health = health
+        # The edges' shared verdict (None from it: sharing is off, health decides).
+        self._shared = shared
         self._passive = passive
         self._controls = controls
         self._clock = clock
         self._key: tuple[object, int, int] | None = None
         self._view = Routability({}, {}, -math.inf)
+        self._agreement: Agreement | None = None
 
     def _current(self) -> Routability:
-        base = self._health()
+        agreement = self._shared() if self._shared is not None else None
+        health = self._health() if agreement is None else agreement.new
+        base: object = health if agreement is None else agreement
         passive_version = self._passive.version if self._passive is not None else 0
         version, controls = self._controls() if self._controls is not None else (0, NO_CONTROLS)
         key = (base, passive_version, version)
@@ -47,10 +61,14 @@ class RoutableView:
         if self._passive is not None:
             ejected = self._passive.ejected(now)
             ends = self._passive.next_change(now)
-        view = routability(base, ejected, controls, now)
+        view = routability(health, ejected, controls, now)
+        if agreement is not None and agreement.here_only:
+            # Down from here only: pinned sessions keep their pin (detours()).
+            pinned = routability(agreement.down, ejected, controls, now).pinned
+            view = view._replace(pinned=pinned)
         if ends < view.until:
             view = view._replace(until=ends)
-        self._key, self._view = key, view
+        self._key, self._view, self._agreement = key, view, agreement
         return view
 
     def unroutable(self) -> Mapping[str, str]:
@@ -60,3 +78,11 @@ class RoutableView:
     def pinned(self) -> Mapping[str, str]:
         """The clusters a session pinned to may not stay on (a draining one may)."""
         return self._current().pinned
+
+    def detours(self) -> Mapping[str, str]:
+        """The clusters down from this edge only, with why: up by quorum, so a session
+        pinned there keeps its pin while this edge serves it elsewhere (empty when
+        health is not shared)."""
+        self._current()
+        agreement = self._agreement
+        return _NO_DETOURS if agreement is None else agreement.here_only

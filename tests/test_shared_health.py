@@ -13,19 +13,31 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis.asyncio
 
+from georouter.config import HealthSettings, SessionSettings
+from georouter.core.health import HealthState, Status, unroutable
 from georouter.core.pin import Pin
 from georouter.demo.standin import StandIn
+from georouter.sessions.sharedhealth import SharedHealth
 from tests.harness import SITES, Edge, config_text, wait_for
 from tests.redis_harness import RedisServer, free_port
 
 LONDON = "81.2.69.142"  # nearest: eu-west, then eu-central
 NAMES = ("eu-west", "eu-central", "us-east")
 # Fast enough for seconds-long tests, with room for a busy machine: a probe may be
-# slow twice in a row without taking a healthy cluster down (fall = 3).
-HEALTH: dict[str, object] = {"interval_s": 0.2, "timeout_s": 0.2, "rise": 1, "fall": 3}
+# slow twice in a row without taking a healthy cluster down (fall = 3), and an
+# edge's report may be late by seconds before it stops counting (10 intervals).
+HEALTH: dict[str, object] = {
+    "interval_s": 0.2,
+    "timeout_s": 0.2,
+    "rise": 1,
+    "fall": 3,
+    "shared_window": 10,
+}
 SETTLE_S = 15.0
 
 
@@ -136,6 +148,8 @@ def test_a_cluster_one_edge_cannot_reach_is_down_from_there_only_until_it_really
     assert sorted(states.values()) == ["down", "up", "up"]
     status = blind.get("/v1/clusters").json()["shared_health"]
     assert (status["on"], status["redis"], status["edges_reporting"]) == (True, "ok", 3)
+    # Named by host and listening port, so the three edges on one host are three.
+    assert status["edge"].endswith(":" + blind.url.rsplit(":", 1)[1])
 
     # The seeing edges keep sending new sessions to eu-west; the blind one does not.
     pinned = []
@@ -241,3 +255,73 @@ def test_with_redis_gone_an_edge_decides_on_its_own_view_and_says_so(
         assert body["cluster"] == "eu-central", body
     finally:
         redis_server.start()
+
+
+def test_the_workers_of_one_edge_report_as_one_edge(
+    configs: Callable[..., Path], make_edge: Callable[..., Edge]
+) -> None:
+    path = configs(shared=True)
+    single, workers = make_edge(path), make_edge(path, args=("--workers", "2"))
+
+    def reporting(edge: Edge) -> object:
+        return edge.get("/v1/clusters").json()["shared_health"]["edges_reporting"]
+
+    wait_for(
+        lambda: reporting(single) == 2 and reporting(workers) == 2,
+        timeout_s=SETTLE_S,
+        what="both edges to count two edges",
+    )
+    # Every answer (from either worker) counts two, never three.
+    for _ in range(10):
+        assert reporting(workers) == 2
+        assert reporting(single) == 2
+
+
+def states_of(**seen: Status) -> dict[str, HealthState]:
+    return {name: HealthState(status=status) for name, status in seen.items()}
+
+
+def shared_at(
+    client: Any, edge: str, states: dict[str, HealthState], health: HealthSettings
+) -> SharedHealth:
+    return SharedHealth(
+        client,
+        SessionSettings(),
+        edge=edge,
+        settings=lambda: health,
+        names=lambda: NAMES,
+        states=lambda: states,
+        unroutable=lambda: unroutable(states),
+    )
+
+
+@pytest.mark.anyio
+async def test_reports_are_stamped_by_redis_and_malformed_or_long_gone_ones_ignored(
+    redis_server: RedisServer,
+) -> None:
+    health = HealthSettings(shared=True, interval_s=1.0)
+    client = redis.asyncio.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        here = states_of(**{"eu-west": Status.DOWN, "eu-central": Status.UP})
+        there = states_of(**{"eu-west": Status.UP, "eu-central": Status.UP})
+        a = shared_at(client, "edge-a", here, health)
+        b = shared_at(client, "edge-b", there, health)
+        c = shared_at(client, "edge-c", there, health)
+        await client.hset(a.key, "garbage", "not a report")
+        await client.hset(a.key, "gone", '1 {"eu-west": "down"}')
+        await b.exchange()
+        await c.exchange()
+        await a.exchange()
+        found = a.agreement()
+        assert found is not None
+        assert found.edges == 3
+        assert dict(found.here_only) == {"eu-west": "down from here only; up for 2 of 3 edges"}
+        # Not probed by anyone: as without sharing.
+        assert dict(found.down) == {"us-east": "not probed yet"}
+        fields = set(await client.hkeys(a.key))
+        assert fields == {b"edge-a", b"edge-b", b"edge-c", b"garbage"}, fields
+        stamp = int((await client.hget(a.key, "edge-a")).split(b" ")[0])
+        seconds, micros = await client.time()
+        assert 0 <= seconds * 1000 + micros // 1000 - stamp < 5000
+    finally:
+        await client.aclose()

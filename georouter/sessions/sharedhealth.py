@@ -40,6 +40,7 @@ CALL_TIMEOUT_S = 1.0
 FORGET_MS = 600_000
 
 # KEYS[1] the hash; ARGV: this edge's id, its view (JSON), how old a field may get.
+# A field it cannot read is left alone: another version's edges, mid-upgrade.
 _EXCHANGE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -48,7 +49,7 @@ local all = redis.call('HGETALL', KEYS[1])
 local keep = {}
 for i = 1, #all, 2 do
   local at = tonumber(string.match(all[i + 1], '^(%d+) '))
-  if at == nil or now - at > tonumber(ARGV[3]) then
+  if at ~= nil and now - at > tonumber(ARGV[3]) then
     redis.call('HDEL', KEYS[1], all[i])
   else
     keep[#keep + 1] = all[i]
@@ -113,12 +114,13 @@ class SharedHealth:
             return None
         local_why = self._unroutable()
         cached = self._cached
-        # The local view is rebuilt (a new object) whenever a cluster changes state.
+        # Per request, so by identity: the local view is rebuilt (a new object) whenever
+        # a cluster changes state, the settings whenever a reload swaps the snapshot.
         if (
             cached is not None
             and cached[0] is local_why
             and cached[1] == self._version
-            and cached[2] == settings
+            and cached[2] is settings
         ):
             return cached[3]
         elapsed_ms = int((self._monotonic() - self._read_at) * 1000)

@@ -148,6 +148,7 @@ def test_a_cluster_one_edge_cannot_reach_is_down_from_there_only_until_it_really
     assert sorted(states.values()) == ["down", "up", "up"]
     status = blind.get("/v1/clusters").json()["shared_health"]
     assert (status["on"], status["redis"], status["edges_reporting"]) == (True, "ok", 3)
+    assert "georouter_health_edges_reporting 3.0" in blind.get("/metrics").text
     # Named by host and listening port, so the three edges on one host are three.
     assert status["edge"].endswith(":" + blind.url.rsplit(":", 1)[1])
 
@@ -162,7 +163,9 @@ def test_a_cluster_one_edge_cannot_reach_is_down_from_there_only_until_it_really
     for _ in range(3):
         body = route(blind, new_session())
         assert body["cluster"] == "eu-central", body
-        explained = {c["cluster"]: c["why"] for c in body["explain"]}  # type: ignore[union-attr]
+        candidates = body["explain"]
+        assert isinstance(candidates, list)
+        explained = {c["cluster"]: c["why"] for c in candidates}
         assert "down from here only" in str(explained["eu-west"]), explained
 
     # Sessions pinned to eu-west stay pinned there when the blind edge sees them.
@@ -320,7 +323,9 @@ async def test_reports_are_stamped_by_redis_and_malformed_or_long_gone_ones_igno
         assert dict(found.down) == {"us-east": "not probed yet"}
         fields = set(await client.hkeys(a.key))
         assert fields == {b"edge-a", b"edge-b", b"edge-c", b"garbage"}, fields
-        stamp = int((await client.hget(a.key, "edge-a")).split(b" ")[0])
+        raw = await client.hget(a.key, "edge-a")
+        assert isinstance(raw, bytes)
+        stamp = int(raw.split(b" ")[0])
         seconds, micros = await client.time()
         assert 0 <= seconds * 1000 + micros // 1000 - stamp < 5000
     finally:

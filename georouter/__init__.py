@@ -38,7 +38,8 @@ enforces it, see pyproject.toml)::
                     blind to our own lag),
                     clients, embedded (the private redis-server), nearcache,
                     outage, ids (session ids, signed cookies), controls (drains and
-                    overrides shared through Redis);
+                    overrides shared through Redis), sharedhealth (every edge's
+                    probe results through Redis);
                     geoip: database (MaxMind DB lookups, cached per network);
                     probes: active (health probes), board (health shared by workers),
                     passive (ejections from the data path), routable (probes,
@@ -52,11 +53,12 @@ enforces it, see pyproject.toml)::
                     by the operator, longest prefix first), decision, ratelimit
                     (per-address budgets), ejection (passive health transitions),
                     controls (drains, forced states, and what they and health make
-                    routable)
+                    routable), quorum (the health verdict the edges agree on)
     config/         model (frozen dataclasses), files (reading clusters.toml), parse
                     (every problem with its key path), sections (the tables after
                     [router]), traffic ([[rules]] and [[overrides]]), values (the
-                    checks of one value), diff (what a new file changes), redisurl
+                    checks of one value), diff (what a new file changes), redisurl,
+                    sharedhealth (the [health] keys of shared health)
     metrics         counters and fixed-bucket histograms as plain values (the hot
                     path's; merged across processes)
     errors          the one exception tree

@@ -227,6 +227,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 signer=signer,
                 drain_s=args.drain_s,
                 access_log=access_log,
+                edge_id=os.environ.get("GEOROUTER_EDGE_ID") or None,
             )
             if args.workers > 1:
                 return Supervisor(

@@ -33,7 +33,9 @@ RELOADABLE_GEOIP_KEYS = frozenset(
     }
 )
 # What the app, its listeners, its body limits and its connection pools are built
-# around: the rest of [router] and [proxy] is read per request.
+# around: the rest of [router] and [proxy] is read per request. No [health] key is
+# here: the monitor is reconfigured in place, and the shared health loop reads
+# `shared`, `quorum` and `shared_window` again at each turn, so a reload takes them.
 RESTART_KEYS = frozenset(
     {
         "router.mode",

@@ -193,6 +193,13 @@ class HealthSettings:
     # `stabilize_s`, then a share ramping from 5% to all over `ramp_s` (0: at once).
     stabilize_s: float = 0.0
     ramp_s: float = 0.0
+    # Shared health: every edge publishes its probe results to Redis, and a cluster
+    # is down for routing only when at least `quorum` of the edges that reported in
+    # the last `shared_window` intervals see it down; one only some edges cannot
+    # reach is "down from here" at those edges alone.
+    shared: bool = False
+    quorum: float = 0.5
+    shared_window: int = 3
 
 
 class SessionSource(StrEnum):

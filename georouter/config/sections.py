@@ -24,6 +24,7 @@ from georouter.config.model import (
     SessionSource,
 )
 from georouter.config.redisurl import RedisTarget, parse_redis_url
+from georouter.config.sharedhealth import shared_keys
 from georouter.config.values import (
     HTTP_TOKEN,
     Invalid,
@@ -173,6 +174,7 @@ def parse_health(table: Any, problems: list[Problem]) -> HealthSettings:
         **_passive(h, defaults),
         stabilize_s=h.get("stabilize_s", number(0, 86400), defaults.stabilize_s),
         ramp_s=h.get("ramp_s", number(0, 86400), defaults.ramp_s),
+        **shared_keys(h, defaults),
     )
     h.finish()
     return settings

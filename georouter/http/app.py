@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -59,6 +61,7 @@ from georouter.sessions.controls import ClusterControls
 from georouter.sessions.ids import CookieSigner
 from georouter.sessions.map import SessionMap
 from georouter.sessions.redisstore import RedisSessionStore
+from georouter.sessions.sharedhealth import SharedHealth
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,7 @@ def create_app(
     access_log: AccessLogFormat = AccessLogFormat.OFF,
     access_stream: TextIO | None = None,
     admin_port: int | None = None,
+    edge: str | None = None,
 ) -> ASGIApp:
     """The georouter ASGI app for ``config``. Sessions are on when ``config`` names a Redis.
 
@@ -106,6 +110,7 @@ def create_app(
     given the shared board its prober publishes to instead. ``admin_port``: the
     port of the edge's admin listener, which alone serves the router's endpoints
     (in proxy and redirect modes every other request is the application's).
+    ``edge``: this edge's id in shared health (default: host name and process id).
     """
 
     def clock_ms() -> int:
@@ -163,6 +168,15 @@ def create_app(
             )
             stack.push_async_callback(controls.close)
             passive = PassiveHealth(lambda: router.runtime.config, clock=clock)
+            shared = SharedHealth(
+                store.client if sessions is not None else None,
+                config.sessions,
+                edge=edge or f"{socket.gethostname()}:{os.getpid()}",
+                settings=lambda: router.runtime.config.health,
+                names=lambda: (c.name for c in router.runtime.config.clusters),
+                states=lambda: source.states,
+                unroutable=source.unroutable,
+            )
             view = RoutableView(
                 source.unroutable,
                 passive=passive,
@@ -170,6 +184,7 @@ def create_app(
                 clock=clock,
                 states=lambda: source.states,
                 config=lambda: router.runtime.config,
+                shared=shared.agreement,
             )
             router = Router(
                 Runtime.of(config),
@@ -179,6 +194,7 @@ def create_app(
                 sessions=sessions,
                 pinned=view.pinned,
                 admissions=view.admissions,
+                detours=view.detours,
             )
             # Before the first request: a drain made before this edge started holds here.
             await controls.load()
@@ -213,9 +229,13 @@ def create_app(
                 upstream=upstream,
                 passive=passive,
                 controls=controls,
+                shared_health=shared,
             )
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(controls.follow(), name="cluster-controls")]
+                tasks = [
+                    tg.create_task(controls.follow(), name="cluster-controls"),
+                    tg.create_task(shared.follow(), name="shared-health"),
+                ]
                 if monitor is not None:
                     tasks.append(tg.create_task(monitor.run(), name="health-monitor"))
                 # Every process follows its GeoIP file; the one that probes (the whole

@@ -147,6 +147,13 @@ class EdgeCollector(Collector):
             "Seconds since the GeoIP database in use was built.",
             age_s,
         )
+        found = None if svc.shared_health is None else svc.shared_health.agreement()
+        if found is not None:
+            yield _gauge(
+                "georouter_health_edges_reporting",
+                "Edges whose health reports count here, this one included ([health] shared).",
+                found.edges,
+            )
         if svc.sessions is not None:
             status = svc.sessions.status()
             yield _gauge(

@@ -239,11 +239,26 @@ SPEC: dict[str, Any] = {
                             "type": "object",
                             "required": ["clusters", "geoip", "sessions", "warnings"],
                             "properties": {
-                                "clusters": {"type": "array", "items": {"type": "object"}},
+                                "clusters": {
+                                    "type": "array",
+                                    "items": {"type": "object"},
+                                    "description": "each cluster's local health, ejection,"
+                                    " drain and override, whether a new session may go"
+                                    " there, and `shared`: with `[health] shared`, the"
+                                    " edges' verdict (up, down, down_from_here) and each"
+                                    " reporting edge's view (edge, state, age_s); null when"
+                                    " off",
+                                },
                                 "geoip": {"type": "object"},
                                 "sessions": {"type": ["object", "null"]},
                                 "policy": {"type": "object"},
                                 "warnings": {"type": "array", "items": {"type": "string"}},
+                                "shared_health": {
+                                    "type": ["object", "null"],
+                                    "description": "whether health is shared, this edge's"
+                                    " id, the quorum, and whether Redis answers (when it"
+                                    " does not, this edge's own view decides)",
+                                },
                             },
                         },
                         "clusters",

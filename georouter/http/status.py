@@ -9,6 +9,7 @@ from georouter.config import Config, SessionSource
 from georouter.core.admission import Admission
 from georouter.core.controls import NO_CONTROLS
 from georouter.core.health import HealthState
+from georouter.core.quorum import Agreement
 from georouter.http import exposition, openapi
 from georouter.http.common import JSON, Services, services
 
@@ -23,6 +24,8 @@ async def list_clusters(request: Request) -> Response:
     unroutable = svc.router.unroutable()
     held, _ = svc.router.admissions()
     router = config.router
+    shared = svc.shared_health
+    agreement = None if shared is None else shared.agreement()
     warnings = []
     if info.stale:
         warnings.append(
@@ -51,6 +54,8 @@ async def list_clusters(request: Request) -> Response:
                     "why_not": unroutable.get(c.name),
                     # The share of its new sessions it takes now (load, failback).
                     "new_session_share": _share(held.get(c.name)),
+                    # What the edges agree on (`[health] shared`; null when off).
+                    "shared": None if agreement is None else _verdict(agreement, c.name),
                 }
                 for c in config.clusters
             ],
@@ -65,6 +70,7 @@ async def list_clusters(request: Request) -> Response:
             "sessions": _sessions_status(svc, config),
             "config": None if svc.reloader is None else svc.reloader.status(problems=False),
             "warnings": warnings,
+            "shared_health": None if shared is None else shared.status(),
         }
     )
 
@@ -77,6 +83,17 @@ def _share(admission: Admission | None) -> dict[str, object]:
         "held": admission.held.value,
         "why": admission.why,
     }
+
+
+def _verdict(agreement: Agreement, name: str) -> dict[str, object]:
+    if name in agreement.down:
+        verdict, why = "down", agreement.down[name]
+    elif name in agreement.here_only:
+        verdict, why = "down_from_here", agreement.here_only[name]
+    else:
+        verdict, why = "up", None
+    views = agreement.views.get(name, ())
+    return {"verdict": verdict, "why": why, "edges": [v.as_json() for v in views]}
 
 
 def _sessions_status(svc: Services, config: Config) -> dict[str, object] | None:

@@ -2,6 +2,10 @@
 operator's drains and overrides (``core.controls.routability``), rebuilt only
 when one of them changes or time moves past an ejection's end, an override's
 expiry or a drain's deadline, so nearly every request reuses the same value.
+
+With shared health (``core.quorum``) the probes' part differs by who asks: a new
+session avoids clusters down by quorum and those down from here only, while a
+pinned session leaves only those down by quorum; the rest are ``detours()``.
 """
 
 from __future__ import annotations
@@ -9,16 +13,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 from georouter.config import Config
 from georouter.core.admission import Admission, admissions
 from georouter.core.controls import NO_CONTROLS, Controls, Routability, routability
 from georouter.core.health import HealthState
+from georouter.core.quorum import Agreement
 from georouter.probes.passive import PassiveHealth
 
 # How long a view of the clusters' loads is reused: loads arrive with probes,
 # so a new one is seen within this of its probe.
 LOAD_REFRESH_S = 0.25
+_NO_DETOURS: Mapping[str, str] = MappingProxyType({})
 
 
 class RoutableView:
@@ -33,8 +40,11 @@ class RoutableView:
         clock: Callable[[], float] = time.time,
         states: Callable[[], Mapping[str, HealthState]] | None = None,
         config: Callable[[], Config] | None = None,
+        shared: Callable[[], Agreement | None] | None = None,
     ) -> None:
         self._health = health
+        # The edges' shared verdict (None from it: sharing is off, health decides).
+        self._shared = shared
         self._passive = passive
         self._controls = controls
         self._clock = clock
@@ -46,9 +56,12 @@ class RoutableView:
         self._held_until = -math.inf
         self._held_config: Config | None = None
         self._held_health: Mapping[str, str] | None = None
+        self._agreement: Agreement | None = None
 
     def _current(self) -> Routability:
-        base = self._health()
+        agreement = self._shared() if self._shared is not None else None
+        health = self._health() if agreement is None else agreement.new
+        base: object = health if agreement is None else agreement
         passive_version = self._passive.version if self._passive is not None else 0
         version, controls = self._controls() if self._controls is not None else (0, NO_CONTROLS)
         key = (base, passive_version, version)
@@ -62,10 +75,14 @@ class RoutableView:
         if self._passive is not None:
             ejected = self._passive.ejected(now)
             ends = self._passive.next_change(now)
-        view = routability(base, ejected, controls, now)
+        view = routability(health, ejected, controls, now)
+        if agreement is not None and agreement.here_only:
+            # Down from here only: pinned sessions keep their pin (detours()).
+            pinned = routability(agreement.down, ejected, controls, now).pinned
+            view = view._replace(pinned=pinned)
         if ends < view.until:
             view = view._replace(until=ends)
-        self._key, self._view = key, view
+        self._key, self._view, self._agreement = key, view, agreement
         return view
 
     def unroutable(self) -> Mapping[str, str]:
@@ -107,3 +124,11 @@ class RoutableView:
         self._held_config = config
         self._held_health = health
         return self._held
+
+    def detours(self) -> Mapping[str, str]:
+        """The clusters down from this edge only, with why: up by quorum, so a session
+        pinned there keeps its pin while this edge serves it elsewhere (empty when
+        health is not shared)."""
+        self._current()
+        agreement = self._agreement
+        return _NO_DETOURS if agreement is None else agreement.here_only

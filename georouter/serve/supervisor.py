@@ -127,6 +127,8 @@ class EdgeOptions:
     signer: CookieSigner | None
     drain_s: float = 0.0
     access_log: AccessLogFormat = AccessLogFormat.OFF
+    # This edge's id in shared health (GEOROUTER_EDGE_ID); None: host name and port.
+    edge_id: str | None = None
 
 
 def serve_edge(
@@ -165,6 +167,8 @@ def serve_edge(
             shared_metrics=shared_metrics,
             access_log=options.access_log,
             admin_port=None if admin_sock is None else admin_sock.getsockname()[1],
+            # Every worker of an edge listens on the same port: one id for the edge.
+            edge=options.edge_id or f"{socket.gethostname()}:{sock.getsockname()[1]}",
         )
         await serve(
             app,

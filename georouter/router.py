@@ -248,7 +248,7 @@ class Router:
             return self._detour(client_ip, location, ranking, view, on_down)
         cluster = rt.clusters[pin.cluster]
         distance = None
-        if ranking.reason in (Reason.NEAREST, Reason.WEIGHT):
+        if ranking.order[0][1] is not None:
             # The order already holds the distance to every cluster.
             for ranked, d in ranking.order:
                 if ranked is cluster:

@@ -200,7 +200,9 @@ class Ranking(NamedTuple):
     def candidates(self) -> tuple[Candidate, ...]:
         out: list[Candidate] = []
         winner: Cluster | None = None
-        measured = self.reason in (Reason.NEAREST, Reason.WEIGHT)
+        # Distances from the client's point (not a country's, an override's cluster
+        # or the fallback's): whatever moved the choice along (spill, ramp, panic).
+        measured = self.order[0][1] is not None
         first = self.anchor or self.order[0][0].name
         rule = self.rule
         preferred = len(rule.clusters) if rule is not None else 0

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from georouter.config import parse
 from georouter.core.quorum import Agreement, Report, Seen, agree
 from georouter.errors import ConfigError
+from georouter.probes.passive import PassiveHealth
+from georouter.probes.routable import RoutableView
 
 UP, DOWN = Seen.UP, Seen.DOWN
 NOW_MS = 1_000_000
@@ -280,3 +282,31 @@ def test_bad_shared_health_keys_are_named(keys: dict[str, object], expected: str
     problems = problems_of(health_with(**keys))
     assert len(problems) == 1
     assert problems[0].startswith(expected), problems
+
+
+def test_with_shared_health_an_ejection_here_detours_pinned_sessions_and_moves_none() -> None:
+    config = parse(
+        {
+            "clusters": [
+                {"name": "eu-west", "url": "http://127.0.0.1:1", "lat": 53.3, "lon": -6.2},
+                {"name": "us-east", "url": "http://127.0.0.1:2", "lat": 38.9, "lon": -77.4},
+            ],
+            "health": {"passive_failures": 1, "shared": True},
+        }
+    )
+    passive = PassiveHealth(lambda: config, clock=lambda: 100.0)
+    assert passive.report("eu-west", ok=False, detail="HTTP 503")
+    everyone_sees_it_up = Agreement(down={}, here_only={}, new={}, views={}, edges=2)
+
+    def view(shared: Agreement | None) -> RoutableView:
+        return RoutableView(dict, passive=passive, shared=lambda: shared, clock=lambda: 100.0)
+
+    shared = view(everyone_sees_it_up)
+    assert "eu-west" in shared.unroutable()
+    # This edge's own data path saw it fail: its requests go elsewhere, but the
+    # sessions pinned there are not moved off it for every edge.
+    assert "eu-west" not in shared.pinned()
+    assert "ejected" in shared.detours()["eu-west"]
+    alone = view(None)
+    assert "eu-west" in alone.pinned()
+    assert dict(alone.detours()) == {}

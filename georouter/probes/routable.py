@@ -56,7 +56,7 @@ class RoutableView:
         self._held_until = -math.inf
         self._held_config: Config | None = None
         self._held_health: Mapping[str, str] | None = None
-        self._agreement: Agreement | None = None
+        self._detours: Mapping[str, str] = _NO_DETOURS
 
     def _current(self) -> Routability:
         agreement = self._shared() if self._shared is not None else None
@@ -76,13 +76,18 @@ class RoutableView:
             ejected = self._passive.ejected(now)
             ends = self._passive.next_change(now)
         view = routability(health, ejected, controls, now)
-        if agreement is not None and agreement.here_only:
-            # Down from here only: pinned sessions keep their pin (detours()).
-            pinned = routability(agreement.down, ejected, controls, now).pinned
-            view = view._replace(pinned=pinned)
+        detours: Mapping[str, str] = _NO_DETOURS
+        if agreement is not None:
+            # Down from here only, by this edge's probes or by its own data path's
+            # evidence (an ejection): pinned sessions keep their pin (detours()).
+            local = {n: why for n, why in ejected.items() if n not in agreement.down}
+            if agreement.here_only or local:
+                pinned = routability(agreement.down, {}, controls, now).pinned
+                view = view._replace(pinned=pinned)
+                detours = MappingProxyType({**agreement.here_only, **local})
         if ends < view.until:
             view = view._replace(until=ends)
-        self._key, self._view, self._agreement = key, view, agreement
+        self._key, self._view, self._detours = key, view, detours
         return view
 
     def unroutable(self) -> Mapping[str, str]:
@@ -126,9 +131,9 @@ class RoutableView:
         return self._held
 
     def detours(self) -> Mapping[str, str]:
-        """The clusters down from this edge only, with why: up by quorum, so a session
-        pinned there keeps its pin while this edge serves it elsewhere (empty when
-        health is not shared)."""
+        """The clusters down from this edge only, with why: up by quorum (this edge's
+        probes, or its data path's ejection, say otherwise), so a session pinned there
+        keeps its pin while this edge serves it elsewhere (empty when health is not
+        shared)."""
         self._current()
-        agreement = self._agreement
-        return _NO_DETOURS if agreement is None else agreement.here_only
+        return self._detours

@@ -16,6 +16,7 @@ from georouter.core.clientip import IPAddress
 from georouter.core.decision import Decision, SessionView
 from georouter.core.location import Location
 from georouter.core.policy import Ranking, Reason
+from georouter.core.tenants import StoredHome
 from georouter.errors import NewSessionRefused
 from georouter.metrics import Metrics
 from georouter.runtime import Runtime
@@ -55,6 +56,7 @@ class Router:
         metrics: Metrics,
         sessions: SessionMap | None = None,
         pinned: Callable[[], Mapping[str, str]] | None = None,
+        homes: Callable[[], Mapping[str, StoredHome]] | None = None,
     ) -> None:
         self.runtime = runtime
         self._locator = locator
@@ -63,6 +65,9 @@ class Router:
         # draining cluster takes no new sessions but keeps its pins until its deadline).
         self._pinned = pinned or health.unroutable
         self._sessions = sessions
+        # The tenant homes set at run time (shared through Redis); the configured
+        # ones are in the runtime snapshot.
+        self._homes = homes or dict
         self._decisions = metrics.family(
             "georouter_decisions_total",
             "Routing decisions by reason and cluster.",
@@ -102,10 +107,13 @@ class Router:
         client_ip: IPAddress | None,
         session_id: str | None,
         unroutable: Mapping[str, str],
+        tenant: str | None = None,
     ) -> tuple[Location | None, Ranking]:
-        """Locate the client (its override first) and rank the clusters for it."""
+        """Locate the client (its override first) and rank the clusters for it (from
+        its tenant's home, if it has one)."""
+        view = None if tenant is None else rt.tenant(tenant, self._homes())
         if client_ip is None:
-            return None, rt.rank(None, unroutable)
+            return None, rt.rank(None, unroutable, tenant=view)
         location, override = rt.locate(client_ip, self._locator.lookup)
         spread: str | bytes | None = None
         if rt.weighted:
@@ -113,7 +121,7 @@ class Router:
             # so every edge draws the same cluster.
             spread = session_id if session_id is not None else client_ip.packed
         ranking = rt.rank(
-            location, unroutable, client_ip=client_ip, spread=spread, override=override
+            location, unroutable, client_ip=client_ip, spread=spread, override=override, tenant=view
         )
         return location, ranking
 
@@ -141,10 +149,11 @@ class Router:
         runtime: Runtime | None = None,
         *,
         avoid: Mapping[str, str] | None = None,
+        tenant: str | None = None,
     ) -> Decision:
         """The cluster for a client at ``client_ip`` with no session (None: no address)."""
         rt = runtime or self.runtime
-        location, ranking = self._rank(rt, client_ip, None, self._unroutable(avoid))
+        location, ranking = self._rank(rt, client_ip, None, self._unroutable(avoid), tenant)
         return self._decision(client_ip, location, ranking)
 
     def _unroutable(self, avoid: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -163,6 +172,7 @@ class Router:
         *,
         may_create: bool | Callable[[], bool] = True,
         avoid: Mapping[str, str] | None = None,
+        tenant: str | None = None,
     ) -> Decision:
         """The cluster for a client, keeping a session on the cluster it is pinned to.
 
@@ -171,13 +181,14 @@ class Router:
         ``avoid``: clusters (and why) this request must not go to besides those
         health rules out, such as one the data path just failed to reach; a
         session pinned to one moves (``failover``). A session pinned to a cluster
-        the client's strict rule keeps it out of moves too (``rule``).
+        the client's strict rule keeps it out of moves too (``rule``), and so does
+        one pinned away from its ``tenant``'s routable home (``tenant``).
         """
         if session_id is None or self._sessions is None:
-            return self.decide(client_ip, runtime, avoid=avoid)
+            return self.decide(client_ip, runtime, avoid=avoid, tenant=tenant)
         rt = runtime or self.runtime
         unroutable = self._unroutable(avoid)
-        location, ranking = self._rank(rt, client_ip, session_id, unroutable)
+        location, ranking = self._rank(rt, client_ip, session_id, unroutable, tenant)
         chosen = ranking.chosen_at
         preferred = ranking.order[chosen][0].name if chosen is not None else None
         pinned = self._pinned()
@@ -185,8 +196,9 @@ class Router:
             pinned = {**pinned, **avoid}
         usable = rt.usable(pinned)
         refused: list[str] = []
-        if ranking.forbidden:
-            usable = _noting(rt.usable(pinned, ranking.forbidden), ranking.forbidden, refused)
+        keep_out = ranking.keep_out
+        if keep_out:
+            usable = _noting(rt.usable(pinned, keep_out), keep_out, refused)
         pin, why, degraded = await self._sessions.resolve(
             session_id, preferred, usable, may_create=may_create
         )
@@ -196,8 +208,9 @@ class Router:
         if why is not Why.STICKY or pin is None:
             reason = _REASONS.get(why)
             if why is Why.FAILOVER and refused:
-                # Its pin was to a cluster its rule forbids, whatever that cluster's health.
-                reason = Reason.RULE
+                # Its pin was to a cluster its rule forbids (or away from its tenant's
+                # home), whatever that cluster's health.
+                reason = Reason.RULE if refused[0] in ranking.forbidden else Reason.TENANT
             return self._decision(client_ip, location, ranking, view, reason)
         cluster = rt.clusters[pin.cluster]
         distance = None

@@ -12,7 +12,7 @@ else copies configuration.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from georouter.config import Cluster, Config, Override
 from georouter.core.clientip import IPAddress, TrustRule
@@ -29,6 +29,7 @@ from georouter.core.policy import (
     unmeasured,
 )
 from georouter.core.rules import RuleBook
+from georouter.core.tenants import StoredHome, TenantView, find_home
 
 # Distinct client positions whose cluster order is remembered; GeoIP databases
 # place most addresses at a few thousand city centroids.
@@ -50,6 +51,8 @@ class Runtime:
     fallback_order: Order
     rules: RuleBook
     overrides: OverrideTable
+    # The configured tenant homes ([[tenants.homes]]), by tenant id.
+    homes: Mapping[str, str]
     # The order for a position depends only on the position, the clusters and the
     # client's rule (health only picks within it): computed once per position.
     _orders: dict[_OrderKey, Order] = field(default_factory=dict, repr=False)
@@ -74,6 +77,7 @@ class Runtime:
             fallback_order=fallback_order(config.clusters, config.router.fallback),
             rules=RuleBook(config.rules, config.clusters),
             overrides=OverrideTable(config.overrides),
+            homes={h.tenant: h.cluster for h in config.tenants.homes},
         )
 
     @property
@@ -131,13 +135,57 @@ class Runtime:
         client_ip: IPAddress | None = None,
         spread: int | str | bytes | None = None,
         override: Override | None = None,
+        tenant: TenantView | None = None,
     ) -> Ranking:
         """The ranking for a client at ``location``: its order (its rule's clusters
         first), the first routable allowed cluster chosen, or with ``router.tie_km``
         one within reach of it drawn by ``spread`` (a hash, or a session id or
-        address bytes to hash, see ``policy.choose``)."""
+        address bytes to hash, see ``policy.choose``). A ``tenant`` whose home holds
+        is ranked from its home, like an override's cluster."""
         rule_at = self.rules.match(location, client_ip) if self.rules else None
-        if override is not None and override.cluster is not None:
+        if tenant is not None and tenant.applied:
+            tenant, rule_at = self._homed(tenant, rule_at)
+        ranking = self._ranked(
+            location, unroutable, rule_at, spread=spread, override=override, tenant=tenant
+        )
+        return ranking if tenant is None else ranking._replace(tenant=tenant)
+
+    def _homed(self, tenant: TenantView, rule_at: int | None) -> tuple[TenantView, int | None]:
+        """The tenant, and the rule that still shapes its order: a strict rule keeps
+        the client in (its home is ignored if outside); a preference yields to it."""
+        if rule_at is None:
+            return tenant, None
+        rule = self.rules.rules[rule_at]
+        if not rule.strict:
+            return tenant, None
+        if tenant.home in self.rules.forbidden[rule_at]:
+            why = f"{tenant.home!r} is outside strict rule {rule.name!r}, which holds"
+            return replace(tenant, ignored=why), rule_at
+        return tenant, rule_at
+
+    def tenant(self, tenant: str, stored: Mapping[str, StoredHome]) -> TenantView:
+        """``tenant``'s home: run-time (``stored``) first, then the configured one."""
+        return find_home(tenant, stored, self.homes, self.clusters)
+
+    def _ranked(
+        self,
+        location: Location | None,
+        unroutable: Mapping[str, str],
+        rule_at: int | None,
+        *,
+        spread: int | str | bytes | None,
+        override: Override | None,
+        tenant: TenantView | None,
+    ) -> Ranking:
+        if tenant is not None and tenant.applied:
+            home = tenant.home
+            assert home is not None
+            order = self._cached(
+                ("tenant", home, rule_at),
+                lambda: fallback_order(self.config.clusters, home),
+            )
+            reason, anchor = Reason.TENANT, home
+        elif override is not None and override.cluster is not None:
             name = override.cluster
             order = self._cached(
                 ("override", name, rule_at),

@@ -23,6 +23,8 @@ from georouter.config.model import (
     Rule,
     SessionSettings,
     SessionSource,
+    TenantHome,
+    TenantSettings,
 )
 from georouter.config.parse import parse
 
@@ -43,6 +45,8 @@ __all__ = [
     "Rule",
     "SessionSettings",
     "SessionSource",
+    "TenantHome",
+    "TenantSettings",
     "compare",
     "load",
     "load_version",

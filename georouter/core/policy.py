@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from georouter.config import Cluster, Rule
+from georouter.core.tenants import TenantView
 
 # IUGG mean Earth radius.
 EARTH_RADIUS_KM = 6371.0088
@@ -39,6 +40,8 @@ class Reason(StrEnum):
     COUNTRY = "country"
     # The client's network is overridden to a cluster (`[[overrides]] cluster`).
     OVERRIDE = "override"
+    # The request names a tenant with a home cluster: ranked from the home, it first.
+    TENANT = "tenant"
     FALLBACK = "fallback"
     STICKY = "sticky"
     FAILOVER = "failover"
@@ -146,6 +149,20 @@ class Ranking(NamedTuple):
     # The cluster an unmeasured order is built around (the fallback, or an
     # override's cluster); "": the order's first.
     anchor: str = ""
+    # The request's tenant and its home (which leads the order unless ``ignored``).
+    tenant: TenantView | None = None
+
+    @property
+    def keep_out(self) -> frozenset[str]:
+        """The clusters a pinned session may not stay on: the strict rule's forbidden
+        ones and, while its tenant's home is the choice, every cluster but the home
+        (the session moves home; while the home is down, it stays where it is)."""
+        tenant = self.tenant
+        if tenant is None or not tenant.applied or self.chosen_at is None:
+            return self.forbidden
+        if self.order[self.chosen_at][0].name != tenant.home:
+            return self.forbidden
+        return frozenset(c.name for c, _ in self.order if c.name != tenant.home)
 
     @property
     def chosen(self) -> Candidate | None:
@@ -200,6 +217,10 @@ class Ranking(NamedTuple):
             if cluster.name == first:
                 return "the cluster the client's network is overridden to"
             return f"nearest routable cluster{of_rule} to {first}, the override's cluster"
+        if self.reason is Reason.TENANT:
+            if cluster.name == first:
+                return "the home cluster of the request's tenant"
+            return f"nearest routable cluster{of_rule} to {first}, the tenant's home"
         if not measured:
             if of_rule or (rule is not None and self.chosen_at):
                 return (

@@ -59,6 +59,7 @@ from georouter.sessions.controls import ClusterControls
 from georouter.sessions.ids import CookieSigner
 from georouter.sessions.map import SessionMap
 from georouter.sessions.redisstore import RedisSessionStore
+from georouter.sessions.tenants import TenantHomes
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,13 @@ def create_app(
                 names=lambda: (c.name for c in router.runtime.config.clusters),
             )
             stack.push_async_callback(controls.close)
+            tenants = TenantHomes(
+                controls.client,
+                config.sessions,
+                subscriber=_subscriber(config, controls.client),
+                clock=clock,
+            )
+            stack.push_async_callback(tenants.close)
             passive = PassiveHealth(lambda: router.runtime.config, clock=clock)
             view = RoutableView(
                 source.unroutable,
@@ -176,9 +184,12 @@ def create_app(
                 metrics=metrics,
                 sessions=sessions,
                 pinned=view.pinned,
+                homes=tenants.current,
             )
-            # Before the first request: a drain made before this edge started holds here.
+            # Before the first request: a drain or home made before this edge started
+            # holds here.
             await controls.load()
+            await tenants.load()
             reloader = None
             if config_file is not None:
 
@@ -210,9 +221,13 @@ def create_app(
                 upstream=upstream,
                 passive=passive,
                 controls=controls,
+                tenants=tenants,
             )
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(controls.follow(), name="cluster-controls")]
+                tasks = [
+                    tg.create_task(controls.follow(), name="cluster-controls"),
+                    tg.create_task(tenants.follow(), name="tenant-homes"),
+                ]
                 if monitor is not None:
                     tasks.append(tg.create_task(monitor.run(), name="health-monitor"))
                 # Every process follows its GeoIP file; the one that probes (the whole
@@ -271,6 +286,13 @@ def create_app(
             post=request_response(admin_api.override),
             delete=request_response(admin_api.end_override),
         ),
+        Route("/v1/tenants", admin_api.list_tenants, methods=["GET"]),
+        paths.one_route(
+            "/v1/tenants/{tenant_id}",
+            get=request_response(admin_api.get_tenant),
+            put=request_response(admin_api.put_tenant),
+            delete=request_response(admin_api.delete_tenant),
+        ),
         Route("/healthz", status.healthz, methods=["GET"]),
         Route("/readyz", status.readyz, methods=["GET"]),
         Route("/metrics", status.metrics, methods=["GET"]),
@@ -310,11 +332,16 @@ def _controls(
 ) -> ClusterControls:
     """Drains and overrides through the session map's Redis (without one: this
     process's own), read for the clusters ``names`` gives at the time."""
-    redis = config.sessions.redis
-    subscriber = None
-    if client is not None and redis is not None:
-        subscriber = make_subscriber(redis, config.sessions)
+    subscriber = _subscriber(config, client)
     return ClusterControls(client, config.sessions, names=names, subscriber=subscriber, clock=clock)
+
+
+def _subscriber(config: Config, client: Any | None) -> Any | None:
+    """A connection of its own for one channel's announcements (None without Redis)."""
+    redis = config.sessions.redis
+    if client is None or redis is None:
+        return None
+    return make_subscriber(redis, config.sessions)
 
 
 def _resolved_client(scope: Scope) -> str | None:

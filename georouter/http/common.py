@@ -29,6 +29,7 @@ from georouter.runtime import Runtime
 from georouter.sessions.controls import ClusterControls
 from georouter.sessions.ids import CookieSigner
 from georouter.sessions.map import SessionMap
+from georouter.sessions.tenants import TenantHomes
 
 
 class HealthSource(Protocol):
@@ -82,6 +83,8 @@ class Services:
     passive: PassiveHealth | None = None
     # Drains and overrides, shared by every edge through Redis.
     controls: ClusterControls | None = None
+    # Tenant homes set at run time, shared by every edge through Redis.
+    tenants: TenantHomes | None = None
     # The client addresses of the latest routing decisions, for a reload's dry run to
     # re-rank (``http.dryrun``); never answered to anyone. Bounded: old ones drop off.
     recent_clients: deque[IPAddress | None] = field(

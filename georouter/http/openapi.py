@@ -29,6 +29,7 @@ from georouter.http.openapi_parts import (
     SIGNED_SESSION_ID_PATTERN,
     reply,
 )
+from georouter.http.openapi_tenants import TENANT_PATHS
 
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -251,6 +252,7 @@ SPEC: dict[str, Any] = {
             }
         },
         **CLUSTER_PATHS,
+        **TENANT_PATHS,
         "/healthz": {
             "get": {
                 "summary": "Liveness",

@@ -126,6 +126,15 @@ LOCATION = {
     },
 }
 
+# core.tenants.TenantView.as_json: a request's tenant, or one the admin API shows.
+TENANT_VIEW: dict[str, Any] = {
+    "id": {"type": "string"},
+    "home": {"type": ["string", "null"], "description": "its home cluster, if it has one"},
+    "source": {"enum": ["config", "runtime", None]},
+    "applied": {"type": "boolean", "description": "whether the home leads the ranking"},
+    "ignored": {"type": "string", "description": "why the home does not, if it does not"},
+}
+
 DECISION = {
     "type": "object",
     "required": ["cluster", "url", "reason", "client_ip", "location", "distance_km"],
@@ -152,6 +161,12 @@ DECISION = {
         "rule": {
             "type": "string",
             "description": "the residency rule ([[rules]] name) the client falls under",
+        },
+        "tenant": {
+            "type": "object",
+            "description": "with explain, when the request named a tenant ([tenants])",
+            "required": ["id", "home", "source", "applied"],
+            "properties": TENANT_VIEW,
         },
         "error": {"type": "string", "enum": ["no_routable_cluster"]},
         "message": {"type": "string"},

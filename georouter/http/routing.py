@@ -16,6 +16,7 @@ from georouter.config import SessionSource
 from georouter.core.clientip import IPAddress, parse_address
 from georouter.core.decision import Decision
 from georouter.core.ratelimit import client_key
+from georouter.core.tenants import TENANT_ID_RULE, valid_tenant
 from georouter.errors import ApiError, NewSessionRefused
 from georouter.http.accesslog import note_decision
 from georouter.http.common import (
@@ -106,6 +107,27 @@ def session_of(request: Request, svc: Services, rt: Runtime, query: dict[str, st
     return accepted_id(raw, SessionSource.COOKIE, svc, rt)
 
 
+def tenant_of(request: HTTPConnection, rt: Runtime) -> str | None:
+    """The tenant the request names: its ``[tenants] header``, else its cookie.
+
+    A malformed id in the header was sent on purpose: a 400. One in a cookie may
+    be anyone's old cookie: ignored, so the request is routed by geography.
+    """
+    settings = rt.config.tenants
+    if settings.header is not None:
+        raw = request.headers.get(settings.header)
+        if raw is not None:
+            if not valid_tenant(raw):
+                message = f"{settings.header} must be a tenant id: {TENANT_ID_RULE}"
+                raise ApiError(400, "invalid_header", message, header=settings.header)
+            return raw
+    if settings.cookie is not None:
+        raw = request.cookies.get(settings.cookie)
+        if raw is not None and valid_tenant(raw):
+            return raw
+    return None
+
+
 def client_disconnects(metrics: Metrics) -> Family:
     """Requests whose client left mid-body (created on first use)."""
     return metrics.family(
@@ -130,12 +152,13 @@ async def route_with_budget(
     session_id: str | None,
     *,
     client_is_peer: bool,
+    tenant: str | None = None,
 ) -> Decision:
     """``router.route`` within the new-session budget (``_within_budget``), timed:
     every decision a handler makes is one observation of its latency."""
     started = time.perf_counter()
     decision = await _within_budget(
-        svc, rt, request, client, session_id, client_is_peer=client_is_peer
+        svc, rt, request, client, session_id, client_is_peer=client_is_peer, tenant=tenant
     )
     decision_latency(svc.metrics).observe(time.perf_counter() - started)
     return decision
@@ -149,6 +172,7 @@ async def _within_budget(
     session_id: str | None,
     *,
     client_is_peer: bool,
+    tenant: str | None = None,
 ) -> Decision:
     """``router.route``, within the new-session budget of the address that asks.
 
@@ -160,7 +184,7 @@ async def _within_budget(
     svc.recent_clients.append(client)
     budget = svc.new_sessions
     if session_id is None or svc.sessions is None or not budget.enabled:
-        return await svc.router.route(client, session_id, rt)
+        return await svc.router.route(client, session_id, rt, tenant=tenant)
     key = ""
     took = False
 
@@ -173,7 +197,9 @@ async def _within_budget(
         return took
 
     try:
-        decision = await svc.router.route(client, session_id, rt, may_create=may_create)
+        decision = await svc.router.route(
+            client, session_id, rt, may_create=may_create, tenant=tenant
+        )
     except NewSessionRefused:
         retry = max(1, math.ceil(budget.retry_after_s(key, svc.monotonic())))
         raise ApiError(
@@ -221,9 +247,10 @@ async def route_one(scope: Scope, receive: Receive, send: Send) -> None:
     session_id = session_of(request, svc, rt, query)
     if "session" in query:
         _require_sessions(svc, session_id)
+    tenant = tenant_of(request, rt)
     _require_ready(svc)
     decision = await route_with_budget(
-        svc, rt, request, client, session_id, client_is_peer=raw_ip is None
+        svc, rt, request, client, session_id, client_is_peer=raw_ip is None, tenant=tenant
     )
     status = 200 if decision.cluster is not None else 503
     cluster = decision.cluster.name if decision.cluster is not None else None

@@ -204,6 +204,25 @@ def test_the_routing_api_answers_with_the_tenants_home_and_explains_it(
     assert (ignored.status_code, ignored.json()["reason"]) == (200, "fallback")
 
 
+def test_a_routing_api_caller_may_name_the_tenant_it_asks_for(edges: Callable[[], Edge]) -> None:
+    edge = edges()
+    asked = edge.get(API + "/v1/route?tenant=configured", headers={"x-tenant": "initech"})
+    assert (asked.json()["cluster"], asked.json()["reason"]) == ("b", "tenant")
+    bad = edge.get(API + "/v1/route?tenant=-x")
+    assert (bad.status_code, bad.json()["parameter"]) == (400, "tenant")
+    batch = httpx.post(
+        edge.url + API + "/v1/route",
+        json={"requests": [{"tenant": "configured"}, {"tenant": None}, {"ip": "127.0.0.1"}]},
+        timeout=10,
+    )
+    assert batch.status_code == 200, batch.text
+    assert [d["cluster"] for d in batch.json()["decisions"]] == ["b", "a", "a"]
+    refused = httpx.post(
+        edge.url + API + "/v1/route", json={"requests": [{"tenant": 7}]}, timeout=10
+    )
+    assert (refused.status_code, refused.json()["field"]) == (400, "requests[0].tenant")
+
+
 CALLS = [
     ("PUT", "/v1/tenants/acme", {"cluster": "b"}),
     ("GET", "/v1/tenants/acme", None),
@@ -312,3 +331,20 @@ def test_a_runtime_home_whose_cluster_a_reload_removed_is_ignored_and_shown_so(
     assert shown["applied"] is False
     assert shown["runtime"]["ignored"] == "not a configured cluster"
     assert "'b' is not a configured cluster" in shown["ignored"]
+
+
+def test_in_redirect_mode_a_tenant_is_sent_to_its_home_clusters_url(
+    pair: Pair,
+    redis_server: RedisServer,
+    write_config: Callable[[str], Path],
+    make_edge: Callable[..., Edge],
+) -> None:
+    text = pair.config(redis_server).replace('mode = "proxy"', 'mode = "redirect"')
+    assert 'mode = "redirect"' in text
+    edge = make_edge(write_config(text + TENANTS), api_prefix=API)
+    answer = httpx.get(edge.url + "/docs?page=2", headers={"x-tenant": "configured"}, timeout=10)
+    assert answer.status_code == 307, answer.text
+    assert answer.headers["location"] == pair.b.url + "/docs?page=2"
+    assert answer.headers["x-georouter-reason"] == "tenant"
+    other = httpx.get(edge.url + "/docs", headers={"x-tenant": "initech"}, timeout=10)
+    assert other.headers["location"] == pair.a.url + "/docs"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from georouter.config.model import TENANT_ID_PATTERN
 from georouter.core.location import LocationSource, Precision
 from georouter.core.policy import Reason
 
@@ -126,6 +127,8 @@ LOCATION = {
     },
 }
 
+# core.tenants.valid_tenant: what a tenant id may be wherever it is given.
+TENANT_ID = {"type": "string", "pattern": f"^{TENANT_ID_PATTERN}$"}
 # core.tenants.TenantView.as_json: a request's tenant, or one the admin API shows.
 TENANT_VIEW: dict[str, Any] = {
     "id": {"type": "string"},

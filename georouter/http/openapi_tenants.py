@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from georouter.config.model import TENANT_ID_PATTERN
 from georouter.core.tenants import TENANT_ID_RULE
-from georouter.http.openapi_parts import AUTH_FAILED, LOCKED_OUT, TENANT_VIEW, reply
+from georouter.http.openapi_parts import AUTH_FAILED, LOCKED_OUT, TENANT_ID, TENANT_VIEW, reply
 
 _ID = {
     "name": "tenant_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": f"^{TENANT_ID_PATTERN}$"},
+    "schema": TENANT_ID,
     "description": f"the tenant id: {TENANT_ID_RULE} (anything else is a 400)",
 }
 _TENANT: dict[str, Any] = {

@@ -107,12 +107,18 @@ def session_of(request: Request, svc: Services, rt: Runtime, query: dict[str, st
     return accepted_id(raw, SessionSource.COOKIE, svc, rt)
 
 
-def tenant_of(request: HTTPConnection, rt: Runtime) -> str | None:
-    """The tenant the request names: its ``[tenants] header``, else its cookie.
+def tenant_of(request: HTTPConnection, rt: Runtime, asked: str | None = None) -> str | None:
+    """The tenant the request names: ``asked`` (the routing API's ``tenant=``), else
+    its ``[tenants] header``, else its cookie.
 
-    A malformed id in the header was sent on purpose: a 400. One in a cookie may
-    be anyone's old cookie: ignored, so the request is routed by geography.
+    A malformed id asked for or in the header was sent on purpose: a 400. One in a
+    cookie may be anyone's old cookie: ignored, so the request is routed by geography.
     """
+    if asked is not None:
+        if not valid_tenant(asked):
+            message = f"tenant must be {TENANT_ID_RULE}"
+            raise ApiError(400, "invalid_parameter", message, parameter="tenant")
+        return asked
     settings = rt.config.tenants
     if settings.header is not None:
         raw = request.headers.get(settings.header)
@@ -247,7 +253,7 @@ async def route_one(scope: Scope, receive: Receive, send: Send) -> None:
     session_id = session_of(request, svc, rt, query)
     if "session" in query:
         _require_sessions(svc, session_id)
-    tenant = tenant_of(request, rt)
+    tenant = tenant_of(request, rt, query.get("tenant"))
     _require_ready(svc)
     decision = await route_with_budget(
         svc, rt, request, client, session_id, client_is_peer=raw_ip is None, tenant=tenant
@@ -299,7 +305,7 @@ def _batch_items(body: Any) -> list[dict[str, Any]]:
             raise ApiError(
                 400, "invalid_body", f"requests[{i}] must be an object", field=f"requests[{i}]"
             )
-        unknown = set(item) - {"ip", "session"}
+        unknown = set(item) - {"ip", "session", "tenant"}
         if unknown:
             raise ApiError(
                 400,
@@ -319,7 +325,7 @@ async def route_batch(request: Request) -> Response:
         body = orjson.loads(await _read_body(request, svc, limit=MAX_BODY_BYTES))
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_body", f"body must be JSON: {exc}") from exc
-    asks: list[tuple[IPAddress | None, str | None]] = []
+    asks: list[tuple[IPAddress | None, str | None, str | None]] = []
     peer = client_ip(request, rt.trust)
     for i, item in enumerate(_batch_items(body)):
         raw_ip, session_id = item.get("ip"), item.get("session")
@@ -346,12 +352,20 @@ async def route_batch(request: Request) -> Response:
                 )
             session_id = found
         _require_sessions(svc, session_id)
-        asks.append((client, session_id))
+        tenant = item.get("tenant")
+        if tenant is not None and not (isinstance(tenant, str) and valid_tenant(tenant)):
+            raise ApiError(
+                400,
+                "invalid_body",
+                f"requests[{i}].tenant must be {TENANT_ID_RULE}",
+                field=f"requests[{i}].tenant",
+            )
+        asks.append((client, session_id, tenant))
     _require_ready(svc)
     decisions = [
-        (await route_with_budget(svc, rt, request, c, s, client_is_peer=c is peer)).as_json(
-            explain=explain
-        )
-        for c, s in asks
+        (
+            await route_with_budget(svc, rt, request, c, s, client_is_peer=c is peer, tenant=t)
+        ).as_json(explain=explain)
+        for c, s, t in asks
     ]
     return JSON({"decisions": decisions})

@@ -23,7 +23,9 @@ enforces it, see pyproject.toml)::
                     lockout; clusteradmin: drain, undrain, override; limits:
                     [limits] for every request; accesslog: a line per
                     request; reload: clusters.toml re-read and swapped whole; common:
-                    what handlers share; openapi (+ openapi_parts, openapi_clusters):
+                    what handlers share; dispatch: which handler a request goes
+                    to (API prefix, data path, fast route); tenantadmin: tenant homes;
+                    openapi (+ openapi_parts, openapi_clusters, openapi_tenants):
                     the API description
     router          locate -> rank -> resolve the session: plain orchestration
     runtime         the runtime snapshot: config + everything derived from it, one
@@ -38,8 +40,9 @@ enforces it, see pyproject.toml)::
                     blind to our own lag),
                     clients, embedded (the private redis-server), nearcache,
                     outage, ids (session ids, signed cookies), controls (drains and
-                    overrides shared through Redis), sharedhealth (every edge's
-                    probe results through Redis);
+                    overrides shared through Redis), tenants (run-time tenant
+                    homes through Redis), shared (announce and follow, for both),
+                    sharedhealth (every edge's probe results through Redis);
                     geoip: database (MaxMind DB lookups, cached per network);
                     probes: active (health probes), board (health shared by workers),
                     passive (ejections from the data path), routable (probes,
@@ -53,7 +56,10 @@ enforces it, see pyproject.toml)::
                     by the operator, longest prefix first), decision, ratelimit
                     (per-address budgets), ejection (passive health transitions),
                     controls (drains, forced states, and what they and health make
-                    routable), quorum (the health verdict the edges agree on)
+                    routable), quorum (the health verdict the edges agree on),
+                    admission (load spill and failback ramp shares of new sessions),
+                    split (weighted draws every edge makes alike), candidate (one
+                    cluster as explained), tenants (a tenant's home)
     config/         model (frozen dataclasses), files (reading clusters.toml), parse
                     (every problem with its key path), sections (the tables after
                     [router]), traffic ([[rules]] and [[overrides]]), values (the

@@ -18,6 +18,7 @@ from georouter.core.clientip import IPAddress
 from georouter.core.decision import Decision, SessionView
 from georouter.core.location import Location
 from georouter.core.policy import Ranking, Reason, spread_of
+from georouter.core.tenants import StoredHome
 from georouter.errors import NewSessionRefused
 from georouter.metrics import Metrics
 from georouter.runtime import Runtime
@@ -64,6 +65,7 @@ class Router:
         pinned: Callable[[], Mapping[str, str]] | None = None,
         detours: Callable[[], Mapping[str, str]] | None = None,
         admissions: Callable[[], Admissions] | None = None,
+        homes: Callable[[], Mapping[str, StoredHome]] | None = None,
     ) -> None:
         self.runtime = runtime
         self._locator = locator
@@ -76,6 +78,9 @@ class Router:
         self._detours = detours
         self._admissions = admissions
         self._sessions = sessions
+        # The tenant homes set at run time (shared through Redis); the configured
+        # ones are in the runtime snapshot.
+        self._homes = homes or dict
         self._decisions = metrics.family(
             "georouter_decisions_total",
             "Routing decisions by reason and cluster.",
@@ -115,13 +120,19 @@ class Router:
         client_ip: IPAddress | None,
         session_id: str | None,
         unroutable: Mapping[str, str],
+        *,
         held: Admissions = _NOT_HELD,
+        tenant: str | None = None,
     ) -> tuple[Location | None, Ranking]:
-        """Locate the client (its override first) and rank the clusters for it."""
+        """Locate the client (its override first) and rank the clusters for it (from
+        its tenant's home, if it has one)."""
         admit, loads = held
+        view = None if tenant is None else rt.tenant(tenant, self._homes())
         if client_ip is None:
             spread = session_id if admit and session_id is not None else None
-            return None, rt.rank(None, unroutable, spread=spread, admit=admit, loads=loads)
+            return None, rt.rank(
+                None, unroutable, spread=spread, admit=admit, loads=loads, tenant=view
+            )
         location, override = rt.locate(client_ip, self._locator.lookup)
         spread_by: str | bytes | None = None
         if rt.weighted or admit:
@@ -136,6 +147,7 @@ class Router:
             override=override,
             admit=admit,
             loads=loads,
+            tenant=view,
         )
         return location, ranking
 
@@ -167,12 +179,15 @@ class Router:
         *,
         avoid: Mapping[str, str] | None = None,
         new_session: str | None = None,
+        tenant: str | None = None,
     ) -> Decision:
         """The cluster for a client at ``client_ip`` with no session (None: no address);
         ``new_session``: an id to draw weighted splits and shares by, as for a new one."""
         rt = runtime or self.runtime
         unroutable = self._unroutable(avoid)
-        location, ranking = self._rank(rt, client_ip, new_session, unroutable, self._held())
+        location, ranking = self._rank(
+            rt, client_ip, new_session, unroutable, held=self._held(), tenant=tenant
+        )
         return self._decision(client_ip, location, ranking)
 
     def _unroutable(self, avoid: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -195,6 +210,7 @@ class Router:
         *,
         may_create: bool | Callable[[], bool] = True,
         avoid: Mapping[str, str] | None = None,
+        tenant: str | None = None,
     ) -> Decision:
         """The cluster for a client, keeping a session on the cluster it is pinned to.
 
@@ -203,14 +219,17 @@ class Router:
         ``avoid``: clusters (and why) this request must not go to besides those
         health rules out, such as one the data path just failed to reach; a
         session pinned to one moves (``failover``). A session pinned to a cluster
-        the client's strict rule keeps it out of moves too (``rule``).
+        the client's strict rule keeps it out of moves too (``rule``), and so does
+        one pinned away from its ``tenant``'s routable home (``tenant``).
         """
         if session_id is None or self._sessions is None:
-            return self.decide(client_ip, runtime, avoid=avoid)
+            return self.decide(client_ip, runtime, avoid=avoid, tenant=tenant)
         rt = runtime or self.runtime
         unroutable = self._unroutable(avoid)
         held = self._held()
-        location, ranking = self._rank(rt, client_ip, session_id, unroutable, held)
+        location, ranking = self._rank(
+            rt, client_ip, session_id, unroutable, held=held, tenant=tenant
+        )
         chosen = ranking.chosen_at
         preferred = ranking.order[chosen][0].name if chosen is not None else None
         on_down = rt.config.router.on_pinned_down
@@ -218,19 +237,15 @@ class Router:
         pinned = self._pinned()
         if avoid:
             pinned = {**pinned, **avoid}
-        if panic or on_down is not PinnedDown.REPIN:
-            # The pin stays whatever health says: in panic health is ignored, and
-            # `temporary` and `strict` sessions do not move off a cluster that is down.
-            usable = rt.usable(_NONE_DOWN)
-            if ranking.forbidden:
-                usable = rt.usable(_NONE_DOWN, ranking.forbidden)
-        else:
-            usable = rt.usable(pinned)
-            if ranking.forbidden:
-                usable = rt.usable(pinned, ranking.forbidden)
+        # In panic health is ignored, and `temporary` and `strict` sessions do not move
+        # off a cluster that is down: their pin stays whatever health says. A strict
+        # rule's forbidden clusters, or all but a tenant's routable home, it leaves.
+        stay = pinned if not panic and on_down is PinnedDown.REPIN else _NONE_DOWN
+        keep_out = ranking.keep_out
+        usable = rt.usable(stay, keep_out) if keep_out else rt.usable(stay)
         refused: list[str] = []
-        if ranking.forbidden:
-            usable = _noting(usable, ranking.forbidden, refused)
+        if keep_out:
+            usable = _noting(usable, keep_out, refused)
         pin, why, degraded = await self._sessions.resolve(
             session_id, preferred, usable, may_create=may_create
         )
@@ -240,8 +255,9 @@ class Router:
         if why is not Why.STICKY or pin is None:
             reason = _REASONS.get(why)
             if why is Why.FAILOVER and refused:
-                # Its pin was to a cluster its rule forbids, whatever that cluster's health.
-                reason = Reason.RULE
+                # Its pin was to a cluster its rule forbids (or away from its tenant's
+                # home), whatever that cluster's health.
+                reason = Reason.RULE if refused[0] in ranking.forbidden else Reason.TENANT
             return self._decision(client_ip, location, ranking, view, reason)
         away = None if panic else self._away(pin.cluster, pinned, held[0], session_id, on_down)
         if away is not None:

@@ -12,7 +12,7 @@ else copies configuration.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from georouter.config import AllDown, Cluster, Config, Override
@@ -31,6 +31,7 @@ from georouter.core.policy import (
     unmeasured,
 )
 from georouter.core.rules import RuleBook
+from georouter.core.tenants import StoredHome, TenantView, find_home
 
 # Distinct client positions whose cluster order is remembered; GeoIP databases
 # place most addresses at a few thousand city centroids.
@@ -55,6 +56,8 @@ class Runtime:
     fallback_order: Order
     rules: RuleBook
     overrides: OverrideTable
+    # The configured tenant homes ([[tenants.homes]]), by tenant id.
+    homes: Mapping[str, str]
     # The order for a position depends only on the position, the clusters and the
     # client's rule (health only picks within it): computed once per position.
     _orders: dict[_OrderKey, Order] = field(default_factory=dict, repr=False)
@@ -81,6 +84,7 @@ class Runtime:
             fallback_order=fallback_order(config.clusters, config.router.fallback),
             rules=RuleBook(config.rules, config.clusters),
             overrides=OverrideTable(config.overrides),
+            homes={h.tenant: h.cluster for h in config.tenants.homes},
         )
 
     @property
@@ -141,15 +145,68 @@ class Runtime:
         override: Override | None = None,
         admit: Mapping[str, Admission] = _NO_ADMISSIONS,
         loads: Mapping[str, float] = _NO_LOADS,
+        tenant: TenantView | None = None,
     ) -> Ranking:
         """The ranking for a client at ``location``: its order (its rule's clusters
         first), the first routable allowed cluster that takes the session
         (``admit``) chosen, or with ``router.tie_km`` one within reach of it drawn
         by ``spread`` (a hash, or a session id or address bytes to hash, see
-        ``policy.choose``). Below ``router.panic_below`` health is ignored; with no
-        cluster routable, ``router.all_down`` decides."""
+        ``policy.choose``). A ``tenant`` whose home holds is ranked from its home,
+        like an override's cluster. Below ``router.panic_below`` health is ignored;
+        with no cluster routable, ``router.all_down`` decides."""
         rule_at = self.rules.match(location, client_ip) if self.rules else None
-        if override is not None and override.cluster is not None:
+        if tenant is not None and tenant.applied:
+            tenant, rule_at = self._homed(tenant, rule_at)
+        ranking = self._ranked(
+            location,
+            unroutable,
+            rule_at,
+            spread=spread,
+            override=override,
+            tenant=tenant,
+            admit=admit,
+            loads=loads,
+        )
+        return ranking if tenant is None else ranking._replace(tenant=tenant)
+
+    def _homed(self, tenant: TenantView, rule_at: int | None) -> tuple[TenantView, int | None]:
+        """The tenant, and the rule that still shapes its order: a strict rule keeps
+        the client in (its home is ignored if outside); a preference yields to it."""
+        if rule_at is None:
+            return tenant, None
+        rule = self.rules.rules[rule_at]
+        if not rule.strict:
+            return tenant, None
+        if tenant.home in self.rules.forbidden[rule_at]:
+            why = f"{tenant.home!r} is outside strict rule {rule.name!r}, which holds"
+            return replace(tenant, ignored=why), rule_at
+        return tenant, rule_at
+
+    def tenant(self, tenant: str, stored: Mapping[str, StoredHome]) -> TenantView:
+        """``tenant``'s home: run-time (``stored``) first, then the configured one."""
+        return find_home(tenant, stored, self.homes, self.clusters)
+
+    def _ranked(
+        self,
+        location: Location | None,
+        unroutable: Mapping[str, str],
+        rule_at: int | None,
+        *,
+        spread: int | str | bytes | None,
+        override: Override | None,
+        tenant: TenantView | None,
+        admit: Mapping[str, Admission],
+        loads: Mapping[str, float],
+    ) -> Ranking:
+        if tenant is not None and tenant.applied:
+            home = tenant.home
+            assert home is not None
+            order = self._cached(
+                ("tenant", home, rule_at),
+                lambda: fallback_order(self.config.clusters, home),
+            )
+            reason, anchor = Reason.TENANT, home
+        elif override is not None and override.cluster is not None:
             name = override.cluster
             order = self._cached(
                 ("override", name, rule_at),

@@ -57,6 +57,7 @@ class Conditions:
 def make_config(redis_url: str, **router: Any) -> Config:
     return parse(
         {
+            "tenants": {"header": "x-tenant", "homes": [{"tenant": "acme", "cluster": "us-east"}]},
             "clusters": [
                 {"name": n, "url": f"https://{n}.example.net", "lat": lat, "lon": lon}
                 for n, (lat, lon) in SITES.items()
@@ -241,3 +242,29 @@ async def test_in_panic_a_pinned_session_stays_on_its_cluster(edges: Edges) -> N
     )
     fresh = await routers[0].route(KOELN, "s-panic-new")
     assert (fresh.cluster and fresh.cluster.name, fresh.reason) == ("eu-central", Reason.PANIC)
+
+
+async def test_a_tenant_session_whose_home_is_down_detours_and_goes_home_with_temporary(
+    edges: Edges, redis_server: RedisServer
+) -> None:
+    routers, world = edges(2, on_pinned_down="temporary")
+    first = await routers[0].route(KOELN, "s-acme", tenant="acme")
+    assert (first.cluster and first.cluster.name, first.reason) == ("us-east", Reason.TENANT)
+    world.down.add("us-east")
+    for router in routers:
+        away = await router.route(KOELN, "s-acme", tenant="acme")
+        assert away.reason is Reason.DETOUR
+        assert away.cluster is not None
+        assert away.cluster.name != "us-east"
+    assert await stored_cluster(redis_server, "s-acme") == "us-east"
+    world.down.clear()
+    home = await routers[1].route(KOELN, "s-acme", tenant="acme")
+    assert (home.cluster and home.cluster.name, home.reason) == ("us-east", Reason.STICKY)
+
+
+async def test_a_tenant_session_whose_home_is_down_gets_503_with_strict(edges: Edges) -> None:
+    routers, world = edges(1, on_pinned_down="strict")
+    await routers[0].route(KOELN, "s-acme", tenant="acme")
+    world.down.add("us-east")
+    refused = await routers[0].route(KOELN, "s-acme", tenant="acme")
+    assert (refused.cluster, refused.reason) == (None, Reason.PINNED_DOWN)

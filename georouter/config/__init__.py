@@ -25,6 +25,8 @@ from georouter.config.model import (
     Rule,
     SessionSettings,
     SessionSource,
+    TenantHome,
+    TenantSettings,
 )
 from georouter.config.parse import parse
 
@@ -47,6 +49,8 @@ __all__ = [
     "Rule",
     "SessionSettings",
     "SessionSource",
+    "TenantHome",
+    "TenantSettings",
     "compare",
     "load",
     "load_version",

@@ -91,7 +91,8 @@ def compare(old: Config, new: Config) -> ConfigChange:
     after = {c.name: c for c in new.clusters}
     common = [n for n in after if n in before]
     changed: list[str] = []
-    for section in ("router", "health", "sessions", "proxy", *RESTART_SECTIONS):
+    # [tenants] is read per request from the runtime snapshot: all of it reloads.
+    for section in ("router", "health", "sessions", "proxy", "tenants", *RESTART_SECTIONS):
         changed += _changed_fields(section, getattr(old, section), getattr(new, section))
     if [c.name for c in old.clusters] != [c.name for c in new.clusters] and set(before) == set(
         after

@@ -309,6 +309,30 @@ class ProxySettings:
     websocket_max_message_bytes: int = 16 << 20
 
 
+# What a tenant id may be, wherever it is given (a header, a cookie, the admin API's
+# path, a Redis field): short, and safe in a URL path and a log line as it is.
+TENANT_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
+
+@dataclass(frozen=True, slots=True)
+class TenantHome:
+    """A tenant (customer account) whose requests go to its own ``cluster``."""
+
+    tenant: str
+    cluster: str
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSettings:
+    """Where a request names its tenant, and the homes the file gives (the admin
+    API's, kept in Redis, win over these)."""
+
+    # A header's name in lower case; None: not read.
+    header: str | None = None
+    cookie: str | None = None
+    homes: tuple[TenantHome, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     clusters: tuple[Cluster, ...]
@@ -320,3 +344,4 @@ class Config:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     rules: tuple[Rule, ...] = ()
     overrides: tuple[Override, ...] = ()
+    tenants: TenantSettings = field(default_factory=TenantSettings)

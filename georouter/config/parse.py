@@ -30,6 +30,7 @@ from georouter.config.sections import (
     parse_proxy,
     parse_sessions,
 )
+from georouter.config.tenants import parse_tenants
 from georouter.config.traffic import parse_overrides, parse_rules, router_policy
 from georouter.config.values import (
     Invalid,
@@ -183,6 +184,15 @@ def parse(document: Mapping[str, Any], *, base_dir: Path | None = None) -> Confi
     overrides = parse_overrides(document.get("overrides", []), names_at, problems)
     top.seen.add("overrides")
 
+    tenants = parse_tenants(
+        document.get("tenants"),
+        names_at,
+        problems,
+        sessions=sessions,
+        client_ip_header=router.client_ip_header,
+    )
+    top.seen.add("tenants")
+
     top.finish()
     if problems:
         raise ConfigError(problems)
@@ -196,6 +206,7 @@ def parse(document: Mapping[str, Any], *, base_dir: Path | None = None) -> Confi
         proxy=proxy,
         rules=rules,
         overrides=overrides,
+        tenants=tenants,
     )
 
 

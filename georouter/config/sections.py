@@ -209,7 +209,7 @@ def parse_limits(table: Any, problems: list[Problem]) -> LimitsSettings:
 
 # Headers that already mean something to HTTP, a proxy or georouter: a session id
 # there would be read from (or overwritten by) what another party put in it.
-_HEADERS_TAKEN = frozenset(
+HEADERS_TAKEN = frozenset(
     {
         "cookie",
         "set-cookie",
@@ -246,7 +246,7 @@ def _session_header(client_ip_header: ClientIpHeader) -> Callable[[Any], str | I
         name = name.lower()
         if name == client_ip_header.value:
             return Invalid(f"{name!r} is router.client_ip_header; use a header of its own")
-        if name in _HEADERS_TAKEN:
+        if name in HEADERS_TAKEN:
             return Invalid(
                 f"{name!r} already has a meaning in HTTP; use a header of its own,"
                 " such as 'x-session-id'"

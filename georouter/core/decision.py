@@ -69,6 +69,8 @@ class Decision(NamedTuple):
             if rule is not None and rule.strict:
                 whom = f"no cluster allowed by strict rule {rule.name!r}"
             body["message"] = f"{whom} can take this client: " + _why_none(self.ranking)
+        if explain and self.ranking.tenant is not None:
+            body["tenant"] = self.ranking.tenant.as_json()
         if explain:
             body["explain"] = [c.as_json() for c in self.ranking.candidates]
         return body

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 from typing import NamedTuple
 
 from georouter.config import Cluster, Rule
 from georouter.core.admission import Admission, point_of
+from georouter.core.candidate import Candidate, verdict_of
 from georouter.core.split import SPREAD_BITS, band_of, headroom, pick_by_weight, spread_of
+from georouter.core.tenants import TenantView
 
 # IUGG mean Earth radius.
 EARTH_RADIUS_KM = 6371.0088
@@ -39,6 +40,8 @@ class Reason(StrEnum):
     COUNTRY = "country"
     # The client's network is overridden to a cluster (`[[overrides]] cluster`).
     OVERRIDE = "override"
+    # The request names a tenant with a home cluster: ranked from the home, it first.
+    TENANT = "tenant"
     FALLBACK = "fallback"
     STICKY = "sticky"
     FAILOVER = "failover"
@@ -75,55 +78,6 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     dl = math.radians(lon2 - lon1)
     h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One cluster as the policy saw it for one request."""
-
-    cluster: Cluster
-    distance_km: float | None
-    chosen: bool
-    why: str
-    # The residency rule's verdict on it: "allowed", "forbidden" (strict rule),
-    # "preferred" or "not preferred" (non-strict rule); None: no rule applies.
-    rule: str | None = None
-    # Its share of new sessions in a tie split; None: not in one.
-    share: float | None = None
-    # How much of its share of new sessions it takes now (load, failback ramp).
-    admission: Admission | None = None
-    # Why it would not be routable, when health is ignored (panic, all_down).
-    ignored: str | None = None
-    # The load it last reported (None: none).
-    load: float | None = None
-
-    def as_json(self) -> dict[str, object]:
-        body: dict[str, object] = {
-            "cluster": self.cluster.name,
-            "distance_km": _round_km(self.distance_km),
-            "chosen": self.chosen,
-            "why": self.why,
-        }
-        if self.cluster.bias_km:
-            body["bias_km"] = self.cluster.bias_km
-            if self.distance_km is not None:
-                body["biased_distance_km"] = _round_km(self.distance_km - self.cluster.bias_km)
-        if self.share is not None:
-            body["weight"] = self.cluster.weight
-            body["share"] = round(self.share, 4)
-        if self.rule is not None:
-            body["rule"] = self.rule
-        if self.admission is not None:
-            body["admission"] = {
-                "share": round(self.admission.share, 4),
-                "held": self.admission.held.value,
-                "why": self.admission.why,
-            }
-        if self.ignored is not None:
-            body["health_ignored"] = self.ignored
-        if self.load is not None:
-            body["load"] = self.load
-        return body
 
 
 # Clusters in order of preference, each with its distance (None: not measured
@@ -189,6 +143,20 @@ class Ranking(NamedTuple):
     ignored: Mapping[str, str] | None = None
     # The loads the clusters reported, for the explanation.
     loads: Mapping[str, float] = MappingProxyType({})
+    # The request's tenant and its home (which leads the order unless ``ignored``).
+    tenant: TenantView | None = None
+
+    @property
+    def keep_out(self) -> frozenset[str]:
+        """The clusters a pinned session may not stay on: the strict rule's forbidden
+        ones and, while its tenant's home is the choice, every cluster but the home
+        (the session moves home; while the home is down, it stays where it is)."""
+        tenant = self.tenant
+        if tenant is None or not tenant.applied or self.chosen_at is None:
+            return self.forbidden
+        if self.order[self.chosen_at][0].name != tenant.home:
+            return self.forbidden
+        return frozenset(c.name for c, _ in self.order if c.name != tenant.home)
 
     @property
     def chosen(self) -> Candidate | None:
@@ -210,7 +178,7 @@ class Ranking(NamedTuple):
         total = sum(weights)
         ignored = self.ignored or {}
         for i, (cluster, distance) in enumerate(self.order):
-            verdict = _verdict(rule, i < preferred)
+            verdict = verdict_of(rule, i < preferred)
             share = None
             if i in self.band:
                 at = self.band.index(i)
@@ -264,6 +232,10 @@ class Ranking(NamedTuple):
             if cluster.name == first:
                 return "the cluster the client's network is overridden to"
             return f"nearest routable cluster{of_rule} to {first}, the override's cluster"
+        if self.reason is Reason.TENANT:
+            if cluster.name == first:
+                return "the home cluster of the request's tenant"
+            return f"nearest routable cluster{of_rule} to {first}, the tenant's home"
         if not measured:
             if of_rule or (rule is not None and self.chosen_at):
                 return (
@@ -305,18 +277,6 @@ class Ranking(NamedTuple):
             return f"not in rule {self.rule.name!r}, whose {winner.name} is routable"
         rel = "farther than" if measured else "ranked after"
         return f"{rel} {winner.name}"
-
-
-def _verdict(rule: Rule | None, inside: bool) -> str | None:
-    if rule is None:
-        return None
-    if rule.strict:
-        return "allowed" if inside else "forbidden"
-    return "preferred" if inside else "not preferred"
-
-
-def _round_km(d: float | None) -> float | None:
-    return None if d is None else round(d, 1)
 
 
 def choose(

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from georouter.config import LimitsSettings
 from georouter.core.ratelimit import FailureWindow, client_key
 from georouter.errors import ApiError, StoreUnavailable
-from georouter.http import clusteradmin, dryrun
+from georouter.http import clusteradmin, dryrun, tenantadmin
 from georouter.http.common import JSON, Services, client_ip, flag, query_of, services
 from georouter.http.reload import Reloader
 from georouter.sessions.ids import valid_id
@@ -227,3 +227,17 @@ class AdminApi:
 
     async def end_override(self, request: Request) -> Response:
         return await clusteradmin.end_override(request, self._admin(request))
+
+    # Tenant homes (``http.tenantadmin``), shared by every edge.
+
+    async def put_tenant(self, request: Request) -> Response:
+        return await tenantadmin.put_home(request, self._admin(request))
+
+    async def get_tenant(self, request: Request) -> Response:
+        return await tenantadmin.get_home(request, self._admin(request))
+
+    async def delete_tenant(self, request: Request) -> Response:
+        return await tenantadmin.delete_home(request, self._admin(request))
+
+    async def list_tenants(self, request: Request) -> Response:
+        return await tenantadmin.list_homes(request, self._admin(request))

@@ -25,14 +25,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, request_response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 
 from georouter.config import Config, RouterMode
 from georouter.core.ratelimit import TokenBuckets
 from georouter.errors import ApiError
 from georouter.geoip import refresh as geoip_refresh
 from georouter.geoip.database import GeoDatabase
-from georouter.http import admin, dataplane, paths, status, wsproxy
+from georouter.http import admin, paths, status
 from georouter.http import routing as api
 from georouter.http.accesslog import AccessLog, AccessLogFormat
 from georouter.http.common import (
@@ -42,8 +42,8 @@ from georouter.http.common import (
     HealthSource,
     Services,
     error_body,
-    send_json,
 )
+from georouter.http.dispatch import ByPrefix, DataPath, FastRoute
 from georouter.http.exposition import STATE_KEY, registry_for
 from georouter.http.limits import DataPathLimits, Limits
 from georouter.http.reload import ConfigFile, Reloader, ReloadRequests
@@ -62,6 +62,7 @@ from georouter.sessions.ids import CookieSigner
 from georouter.sessions.map import SessionMap
 from georouter.sessions.redisstore import RedisSessionStore
 from georouter.sessions.sharedhealth import SharedHealth
+from georouter.sessions.tenants import TenantHomes
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,13 @@ def create_app(
                 names=lambda: (c.name for c in router.runtime.config.clusters),
             )
             stack.push_async_callback(controls.close)
+            tenants = TenantHomes(
+                controls.client,
+                config.sessions,
+                subscriber=_subscriber(config, controls.client),
+                clock=clock,
+            )
+            stack.push_async_callback(tenants.close)
             passive = PassiveHealth(lambda: router.runtime.config, clock=clock)
             shared = SharedHealth(
                 store.client if sessions is not None else None,
@@ -195,9 +203,12 @@ def create_app(
                 pinned=view.pinned,
                 admissions=view.admissions,
                 detours=view.detours,
+                homes=tenants.current,
             )
-            # Before the first request: a drain made before this edge started holds here.
+            # Before the first request: a drain or home made before this edge started
+            # holds here.
             await controls.load()
+            await tenants.load()
             reloader = None
             if config_file is not None:
 
@@ -230,11 +241,13 @@ def create_app(
                 passive=passive,
                 controls=controls,
                 shared_health=shared,
+                tenants=tenants,
             )
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(controls.follow(), name="cluster-controls"),
                     tg.create_task(shared.follow(), name="shared-health"),
+                    tg.create_task(tenants.follow(), name="tenant-homes"),
                 ]
                 if monitor is not None:
                     tasks.append(tg.create_task(monitor.run(), name="health-monitor"))
@@ -294,6 +307,13 @@ def create_app(
             post=request_response(admin_api.override),
             delete=request_response(admin_api.end_override),
         ),
+        Route("/v1/tenants", admin_api.list_tenants, methods=["GET"]),
+        paths.one_route(
+            "/v1/tenants/{tenant_id}",
+            get=request_response(admin_api.get_tenant),
+            put=request_response(admin_api.put_tenant),
+            delete=request_response(admin_api.delete_tenant),
+        ),
         Route("/healthz", status.healthz, methods=["GET"]),
         Route("/readyz", status.readyz, methods=["GET"]),
         Route("/metrics", status.metrics, methods=["GET"]),
@@ -333,11 +353,16 @@ def _controls(
 ) -> ClusterControls:
     """Drains and overrides through the session map's Redis (without one: this
     process's own), read for the clusters ``names`` gives at the time."""
-    redis = config.sessions.redis
-    subscriber = None
-    if client is not None and redis is not None:
-        subscriber = make_subscriber(redis, config.sessions)
+    subscriber = _subscriber(config, client)
     return ClusterControls(client, config.sessions, names=names, subscriber=subscriber, clock=clock)
+
+
+def _subscriber(config: Config, client: Any | None) -> Any | None:
+    """A connection of its own for one channel's announcements (None without Redis)."""
+    redis = config.sessions.redis
+    if client is None or redis is None:
+        return None
+    return make_subscriber(redis, config.sessions)
 
 
 def _resolved_client(scope: Scope) -> str | None:
@@ -351,81 +376,3 @@ def _resolved_client(scope: Scope) -> str | None:
     values = [v.decode("latin-1") for n, v in scope["headers"] if n == name]
     found = rule.client_ip(peer[0] if peer else None, values)
     return None if found is None else str(found)
-
-
-class ByPrefix:
-    """Proxy and redirect modes: the router's endpoints under ``prefix``, the rest
-    to the data path, so no router path shadows an application's."""
-
-    def __init__(
-        self, prefix: str, api: ASGIApp, data: ASGIApp, *, admin_port: int | None = None
-    ) -> None:
-        self.prefix = prefix
-        self.api = api
-        self.data = data
-        self.admin_port = admin_port
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self.api(scope, receive, send)
-            return
-        if self.admin_port is not None:
-            # An admin listener of its own (Envoy's admin port): no path is shared.
-            server = scope.get("server")
-            on_admin = server is not None and server[1] == self.admin_port
-            await (self.api if on_admin else self.data)(scope, receive, send)
-            return
-        path: str = scope["path"]
-        prefix = self.prefix
-        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
-            inner = path[len(prefix) :] or "/"
-            scope = {**scope, "path": inner, "root_path": scope.get("root_path", "") + prefix}
-            raw: bytes | None = scope.get("raw_path")
-            if raw is not None:
-                scope["raw_path"] = raw[len(prefix) :] or b"/"
-            await self.api(scope, receive, send)
-            return
-        await self.data(scope, receive, send)
-
-
-class DataPath:
-    """The application's requests, with the same JSON error answers as the API's."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            try:
-                await wsproxy.websocket_path(scope, receive, send)
-            except Exception as exc:
-                log.error("unhandled error on WebSocket %s", scope["path"], exc_info=exc)
-            return
-        try:
-            await dataplane.data_path(scope, receive, send)
-        except ApiError as exc:
-            await send_json(send, exc.status, exc.body, exc.headers)
-        except Exception as exc:
-            log.error("unhandled error on %s %s", scope["method"], scope["path"], exc_info=exc)
-            await send_json(send, 500, INTERNAL_ERROR)
-
-
-class FastRoute:
-    """``GET /v1/route`` straight to its handler; everything else to Starlette.
-
-    The routing question is nearly all of an edge's traffic, and Starlette's
-    middleware and route matching cost as much as the decision itself, so this
-    one path skips them, with the same JSON error answers.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/route" or scope["method"] != "GET":
-            await self.app(scope, receive, send)
-            return
-        try:
-            await api.route_one(scope, receive, send)
-        except ApiError as exc:
-            await send_json(send, exc.status, exc.body, exc.headers)
-        except Exception as exc:
-            log.error("unhandled error on GET /v1/route", exc_info=exc)
-            await send_json(send, 500, INTERNAL_ERROR)

@@ -38,11 +38,11 @@ def _cluster(request: Request, svc: Services) -> str:
     return name
 
 
-def _peer(request: Request) -> str:
+def peer(request: Request) -> str:
     return request.client.host if request.client else "an unknown address"
 
 
-async def _body(request: Request, allowed: frozenset[str]) -> dict[str, Any]:
+async def read_body(request: Request, allowed: frozenset[str]) -> dict[str, Any]:
     raw = b""
     async for chunk in request.stream():
         raw += chunk
@@ -85,23 +85,23 @@ def _controls(svc: Services) -> ClusterControls:
     return svc.controls
 
 
-def _unavailable(exc: StoreUnavailable) -> ApiError:
+def unavailable(exc: StoreUnavailable) -> ApiError:
     return ApiError(503, "session_store_unavailable", f"Redis did not answer: {exc}")
 
 
 async def drain(request: Request, svc: Services) -> Response:
     """``POST /v1/clusters/NAME/drain`` ``{"deadline_s": 600}``."""
     name = _cluster(request, svc)
-    body = await _body(request, frozenset({"deadline_s"}))
+    body = await read_body(request, frozenset({"deadline_s"}))
     deadline_s = _seconds(body, "deadline_s", DEFAULT_DEADLINE_S, positive=False)
     try:
-        done = await _controls(svc).drain(name, deadline_s, by=_peer(request))
+        done = await _controls(svc).drain(name, deadline_s, by=peer(request))
     except StoreUnavailable as exc:
-        raise _unavailable(exc) from exc
+        raise unavailable(exc) from exc
     log.warning(
         "admin: cluster %s drained by %s: no new sessions; pinned ones move in %gs",
         name,
-        _peer(request),
+        peer(request),
         deadline_s,
     )
     return JSON({"cluster": name, "drain": done.as_json(done.since)})
@@ -113,15 +113,15 @@ async def undrain(request: Request, svc: Services) -> Response:
     try:
         was = await _controls(svc).undrain(name)
     except StoreUnavailable as exc:
-        raise _unavailable(exc) from exc
-    log.warning("admin: cluster %s undrained by %s (was drained: %s)", name, _peer(request), was)
+        raise unavailable(exc) from exc
+    log.warning("admin: cluster %s undrained by %s (was drained: %s)", name, peer(request), was)
     return JSON({"cluster": name, "drain": None, "was_drained": was})
 
 
 async def override(request: Request, svc: Services) -> Response:
     """``POST /v1/clusters/NAME/override`` ``{"state": "down", "ttl_s": 300, "reason": ""}``."""
     name = _cluster(request, svc)
-    body = await _body(request, frozenset({"state", "ttl_s", "reason"}))
+    body = await read_body(request, frozenset({"state", "ttl_s", "reason"}))
     raw_state = body.get("state")
     if raw_state not in ("down", "up"):
         raise ApiError(400, "invalid_body", 'state must be "down" or "up"', field="state")
@@ -136,15 +136,15 @@ async def override(request: Request, svc: Services) -> Response:
         )
     state = Forced(raw_state)
     try:
-        done = await _controls(svc).force(name, state, ttl_s, reason=reason, by=_peer(request))
+        done = await _controls(svc).force(name, state, ttl_s, reason=reason, by=peer(request))
     except StoreUnavailable as exc:
-        raise _unavailable(exc) from exc
+        raise unavailable(exc) from exc
     log.warning(
         "admin: cluster %s overridden %s for %gs by %s (reason: %r)",
         name,
         state.value,
         ttl_s,
-        _peer(request),
+        peer(request),
         reason,
     )
     return JSON({"cluster": name, "override": done.as_json(done.since)})
@@ -156,8 +156,6 @@ async def end_override(request: Request, svc: Services) -> Response:
     try:
         was = await _controls(svc).unforce(name)
     except StoreUnavailable as exc:
-        raise _unavailable(exc) from exc
-    log.warning(
-        "admin: override of cluster %s ended by %s (was set: %s)", name, _peer(request), was
-    )
+        raise unavailable(exc) from exc
+    log.warning("admin: override of cluster %s ended by %s (was set: %s)", name, peer(request), was)
     return JSON({"cluster": name, "override": None, "was_overridden": was})

@@ -30,6 +30,7 @@ from georouter.sessions.controls import ClusterControls
 from georouter.sessions.ids import CookieSigner
 from georouter.sessions.map import SessionMap
 from georouter.sessions.sharedhealth import SharedHealth
+from georouter.sessions.tenants import TenantHomes
 
 
 class HealthSource(Protocol):
@@ -85,6 +86,8 @@ class Services:
     controls: ClusterControls | None = None
     # Every edge's probe results and the verdict on them (`[health] shared`).
     shared_health: SharedHealth | None = None
+    # Tenant homes set at run time, shared by every edge through Redis.
+    tenants: TenantHomes | None = None
     # The client addresses of the latest routing decisions, for a reload's dry run to
     # re-rank (``http.dryrun``); never answered to anyone. Bounded: old ones drop off.
     recent_clients: deque[IPAddress | None] = field(

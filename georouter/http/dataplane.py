@@ -29,7 +29,7 @@ from georouter.core.decision import Decision
 from georouter.errors import ApiError
 from georouter.http.accesslog import note_decision
 from georouter.http.common import Services, client_ip, query_of, send_json
-from georouter.http.routing import accepted_id, client_disconnects, route_with_budget
+from georouter.http.routing import accepted_id, client_disconnects, route_with_budget, tenant_of
 from georouter.metrics import Family, Metrics
 from georouter.proxy import headers as hop
 from georouter.proxy.forward import (
@@ -143,6 +143,8 @@ class Routed(NamedTuple):
     session_id: str | None
     # The router's Set-Cookie, for a request that came without a session.
     cookies: list[tuple[bytes, bytes]]
+    # The tenant the request names ([tenants] header or cookie).
+    tenant: str | None = None
 
 
 async def route(conn: HTTPConnection, svc: Services, rt: Runtime) -> Routed:
@@ -152,18 +154,23 @@ async def route(conn: HTTPConnection, svc: Services, rt: Runtime) -> Routed:
             503, "not_ready", "the first round of health checks has not finished; retry shortly"
         )
     client = client_ip(conn, rt.trust)
+    tenant = tenant_of(conn, rt)
     session_id, fresh = _session(conn, svc, rt)
     cookies = []
     if svc.sessions is not None and fresh:
         session_id = new_id(secrets.token_bytes(16))
         cookies.append(_cookie(svc, rt, session_id))
-    decision = await route_with_budget(svc, rt, conn, client, session_id, client_is_peer=True)
-    return Routed(decision, client, session_id, cookies)
+    decision = await route_with_budget(
+        svc, rt, conn, client, session_id, client_is_peer=True, tenant=tenant
+    )
+    return Routed(decision, client, session_id, cookies, tenant)
 
 
 async def reroute(svc: Services, rt: Runtime, routed: Routed, avoid: dict[str, str]) -> Routed:
     """The same request, away from clusters that failed it (its session moves)."""
-    decision = await svc.router.route(routed.client, routed.session_id, rt, avoid=avoid)
+    decision = await svc.router.route(
+        routed.client, routed.session_id, rt, avoid=avoid, tenant=routed.tenant
+    )
     return routed._replace(decision=decision)
 
 

@@ -11,6 +11,7 @@ import copy
 import functools
 from typing import Any
 
+from georouter.core.tenants import TENANT_ID_RULE
 from georouter.http.openapi_clusters import CLUSTER_PATHS
 from georouter.http.openapi_parts import (
     ADDRESS,
@@ -27,8 +28,10 @@ from georouter.http.openapi_parts import (
     SESSION_PIN,
     SESSION_RULE,
     SIGNED_SESSION_ID_PATTERN,
+    TENANT_ID,
     reply,
 )
+from georouter.http.openapi_tenants import TENANT_PATHS
 
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -63,12 +66,23 @@ SPEC: dict[str, Any] = {
                             " else the session cookie): " + SESSION_RULE
                         ),
                     },
+                    {
+                        "name": "tenant",
+                        "in": "query",
+                        "required": False,
+                        "schema": TENANT_ID,
+                        "description": (
+                            "tenant id (else the [tenants] header, else its cookie), routed"
+                            " to the tenant's home cluster: " + TENANT_ID_RULE
+                        ),
+                    },
                     EXPLAIN,
                 ],
                 "responses": {
                     "200": reply("Decision", "the decision"),
                     "400": reply(
-                        "Error", "a malformed parameter (`parameter` names it) or session header"
+                        "Error",
+                        "a malformed parameter (`parameter` names it), session or tenant header",
                     ),
                     "503": reply(
                         {
@@ -109,6 +123,11 @@ SPEC: dict[str, Any] = {
                                                     **SESSION_ID,
                                                     "type": ["string", "null"],
                                                     "description": SESSION_RULE,
+                                                },
+                                                "tenant": {
+                                                    **TENANT_ID,
+                                                    "type": ["string", "null"],
+                                                    "description": "the client's tenant",
                                                 },
                                             },
                                         },
@@ -267,6 +286,7 @@ SPEC: dict[str, Any] = {
             }
         },
         **CLUSTER_PATHS,
+        **TENANT_PATHS,
         "/healthz": {
             "get": {
                 "summary": "Liveness",

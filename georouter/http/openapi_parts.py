@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from georouter.config.model import TENANT_ID_PATTERN
 from georouter.core.location import LocationSource, Precision
 from georouter.core.policy import Reason
 
@@ -126,6 +127,17 @@ LOCATION = {
     },
 }
 
+# core.tenants.valid_tenant: what a tenant id may be wherever it is given.
+TENANT_ID = {"type": "string", "pattern": f"^{TENANT_ID_PATTERN}$"}
+# core.tenants.TenantView.as_json: a request's tenant, or one the admin API shows.
+TENANT_VIEW: dict[str, Any] = {
+    "id": {"type": "string"},
+    "home": {"type": ["string", "null"], "description": "its home cluster, if it has one"},
+    "source": {"enum": ["config", "runtime", None]},
+    "applied": {"type": "boolean", "description": "whether the home leads the ranking"},
+    "ignored": {"type": "string", "description": "why the home does not, if it does not"},
+}
+
 DECISION = {
     "type": "object",
     "required": ["cluster", "url", "reason", "client_ip", "location", "distance_km"],
@@ -152,6 +164,12 @@ DECISION = {
         "rule": {
             "type": "string",
             "description": "the residency rule ([[rules]] name) the client falls under",
+        },
+        "tenant": {
+            "type": "object",
+            "description": "with explain, when the request named a tenant ([tenants])",
+            "required": ["id", "home", "source", "applied"],
+            "properties": TENANT_VIEW,
         },
         "error": {"type": "string", "enum": ["no_routable_cluster", "pinned_cluster_down"]},
         "message": {"type": "string"},

@@ -16,6 +16,7 @@ from georouter.config import SessionSource
 from georouter.core.clientip import IPAddress, parse_address
 from georouter.core.decision import Decision
 from georouter.core.ratelimit import client_key
+from georouter.core.tenants import TENANT_ID_RULE, valid_tenant
 from georouter.errors import ApiError, NewSessionRefused
 from georouter.http.accesslog import note_decision
 from georouter.http.common import (
@@ -106,6 +107,33 @@ def session_of(request: Request, svc: Services, rt: Runtime, query: dict[str, st
     return accepted_id(raw, SessionSource.COOKIE, svc, rt)
 
 
+def tenant_of(request: HTTPConnection, rt: Runtime, asked: str | None = None) -> str | None:
+    """The tenant the request names: ``asked`` (the routing API's ``tenant=``), else
+    its ``[tenants] header``, else its cookie.
+
+    A malformed id asked for or in the header was sent on purpose: a 400. One in a
+    cookie may be anyone's old cookie: ignored, so the request is routed by geography.
+    """
+    if asked is not None:
+        if not valid_tenant(asked):
+            message = f"tenant must be {TENANT_ID_RULE}"
+            raise ApiError(400, "invalid_parameter", message, parameter="tenant")
+        return asked
+    settings = rt.config.tenants
+    if settings.header is not None:
+        raw = request.headers.get(settings.header)
+        if raw is not None:
+            if not valid_tenant(raw):
+                message = f"{settings.header} must be a tenant id: {TENANT_ID_RULE}"
+                raise ApiError(400, "invalid_header", message, header=settings.header)
+            return raw
+    if settings.cookie is not None:
+        raw = request.cookies.get(settings.cookie)
+        if raw is not None and valid_tenant(raw):
+            return raw
+    return None
+
+
 def client_disconnects(metrics: Metrics) -> Family:
     """Requests whose client left mid-body (created on first use)."""
     return metrics.family(
@@ -130,12 +158,13 @@ async def route_with_budget(
     session_id: str | None,
     *,
     client_is_peer: bool,
+    tenant: str | None = None,
 ) -> Decision:
     """``router.route`` within the new-session budget (``_within_budget``), timed:
     every decision a handler makes is one observation of its latency."""
     started = time.perf_counter()
     decision = await _within_budget(
-        svc, rt, request, client, session_id, client_is_peer=client_is_peer
+        svc, rt, request, client, session_id, client_is_peer=client_is_peer, tenant=tenant
     )
     decision_latency(svc.metrics).observe(time.perf_counter() - started)
     return decision
@@ -149,6 +178,7 @@ async def _within_budget(
     session_id: str | None,
     *,
     client_is_peer: bool,
+    tenant: str | None = None,
 ) -> Decision:
     """``router.route``, within the new-session budget of the address that asks.
 
@@ -160,7 +190,7 @@ async def _within_budget(
     svc.recent_clients.append(client)
     budget = svc.new_sessions
     if session_id is None or svc.sessions is None or not budget.enabled:
-        return await svc.router.route(client, session_id, rt)
+        return await svc.router.route(client, session_id, rt, tenant=tenant)
     key = ""
     took = False
 
@@ -173,7 +203,9 @@ async def _within_budget(
         return took
 
     try:
-        decision = await svc.router.route(client, session_id, rt, may_create=may_create)
+        decision = await svc.router.route(
+            client, session_id, rt, may_create=may_create, tenant=tenant
+        )
     except NewSessionRefused:
         retry = max(1, math.ceil(budget.retry_after_s(key, svc.monotonic())))
         raise ApiError(
@@ -221,9 +253,10 @@ async def route_one(scope: Scope, receive: Receive, send: Send) -> None:
     session_id = session_of(request, svc, rt, query)
     if "session" in query:
         _require_sessions(svc, session_id)
+    tenant = tenant_of(request, rt, query.get("tenant"))
     _require_ready(svc)
     decision = await route_with_budget(
-        svc, rt, request, client, session_id, client_is_peer=raw_ip is None
+        svc, rt, request, client, session_id, client_is_peer=raw_ip is None, tenant=tenant
     )
     status = 200 if decision.cluster is not None else 503
     cluster = decision.cluster.name if decision.cluster is not None else None
@@ -272,7 +305,7 @@ def _batch_items(body: Any) -> list[dict[str, Any]]:
             raise ApiError(
                 400, "invalid_body", f"requests[{i}] must be an object", field=f"requests[{i}]"
             )
-        unknown = set(item) - {"ip", "session"}
+        unknown = set(item) - {"ip", "session", "tenant"}
         if unknown:
             raise ApiError(
                 400,
@@ -292,7 +325,7 @@ async def route_batch(request: Request) -> Response:
         body = orjson.loads(await _read_body(request, svc, limit=MAX_BODY_BYTES))
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_body", f"body must be JSON: {exc}") from exc
-    asks: list[tuple[IPAddress | None, str | None]] = []
+    asks: list[tuple[IPAddress | None, str | None, str | None]] = []
     peer = client_ip(request, rt.trust)
     for i, item in enumerate(_batch_items(body)):
         raw_ip, session_id = item.get("ip"), item.get("session")
@@ -319,12 +352,20 @@ async def route_batch(request: Request) -> Response:
                 )
             session_id = found
         _require_sessions(svc, session_id)
-        asks.append((client, session_id))
+        tenant = item.get("tenant")
+        if tenant is not None and not (isinstance(tenant, str) and valid_tenant(tenant)):
+            raise ApiError(
+                400,
+                "invalid_body",
+                f"requests[{i}].tenant must be {TENANT_ID_RULE}",
+                field=f"requests[{i}].tenant",
+            )
+        asks.append((client, session_id, tenant))
     _require_ready(svc)
     decisions = [
-        (await route_with_budget(svc, rt, request, c, s, client_is_peer=c is peer)).as_json(
-            explain=explain
-        )
-        for c, s in asks
+        (
+            await route_with_budget(svc, rt, request, c, s, client_is_peer=c is peer, tenant=t)
+        ).as_json(explain=explain)
+        for c, s, t in asks
     ]
     return JSON({"decisions": decisions})

@@ -6,11 +6,9 @@ single ``MGET`` reads them all, on Redis Cluster too::
     <prefix>:c:{controls}:drain:<cluster>     JSON, until undrained
     <prefix>:c:{controls}:override:<cluster>  JSON, with the override's TTL
 
-Every change is announced on ``<prefix>:controls``; each edge process reads
-every key again when told, when its subscription (re)starts, and at least
-every ``POLL_S`` (every ``CLUSTER_POLL_S`` on Redis Cluster, which gives no
-subscriber), so a change made at one edge holds at all of them within a
-second, and an edge started later reads the state at start. An override
+Every change is announced on ``<prefix>:controls`` and followed as
+``shared.SharedState`` follows it, so a change made at one edge holds at all
+of them within a second, and an edge started later reads it at start. An override
 also ends on each edge's own clock at its ``until``; the key's TTL only
 cleans up. Without Redis (an app built without sessions) the controls are
 this process's alone.
@@ -18,8 +16,6 @@ this process's alone.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -28,22 +24,13 @@ import orjson
 
 from georouter.config import SessionSettings
 from georouter.core.controls import NO_CONTROLS, Controls, Drain, Forced, ForcedState
-from georouter.errors import StoreUnavailable
-from georouter.sessions.redisstore import REDIS_ERRORS, KeepsCancellation, unavailable
-
-log = logging.getLogger(__name__)
-
-# Redis calls of the admin API and of the refresh are rare: a generous deadline.
-CALL_TIMEOUT_S = 2.0
-# A full read this often even when no announcement came (one lost while reconnecting).
-POLL_S = 5.0
-CLUSTER_POLL_S = 0.5
-# After a failed subscription or read, before trying again.
-RETRY_S = 1.0
+from georouter.sessions.shared import SharedState
 
 
-class ClusterControls:
+class ClusterControls(SharedState):
     """The controls as this process knows them; ``follow()`` keeps them current."""
+
+    what = "cluster drains and overrides"
 
     def __init__(
         self,
@@ -54,29 +41,14 @@ class ClusterControls:
         subscriber: Any | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._client = client
-        self._subscriber = subscriber
+        super().__init__(client, f"{settings.key_prefix}:controls", subscriber)
         self._names = names
         self._clock = clock
         self._base = f"{settings.key_prefix}:c:{{controls}}:"
-        self.channel = f"{settings.key_prefix}:controls"
         self.controls: Controls = NO_CONTROLS
-        # Grows with every change seen, so a cached view knows to rebuild.
-        self.version = 0
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self._base}{kind}:{name}"
-
-    async def _call(self, command: str, *args: Any) -> Any:
-        assert self._client is not None
-        client = self._client
-        try:
-            # redis-py may swallow a cancellation (see redisstore): shutdown must not wait.
-            with KeepsCancellation():
-                async with asyncio.timeout(CALL_TIMEOUT_S):
-                    return await client.execute_command(command, *args)
-        except REDIS_ERRORS as exc:
-            raise unavailable(exc) from exc
 
     def _set(self, controls: Controls) -> None:
         if controls != self.controls:
@@ -104,11 +76,6 @@ class ClusterControls:
             if state is not None:
                 forced[name] = state
         self._set(Controls(drains, forced))
-
-    async def _announce(self, what: str) -> None:
-        if self._client is not None:
-            await self._call("PUBLISH", self.channel, what)
-            await self.refresh()
 
     async def drain(self, name: str, deadline_s: float, *, by: str) -> Drain:
         now = self._clock()
@@ -157,58 +124,6 @@ class ClusterControls:
         removed = await self._call("DEL", self._key("override", name))
         await self._announce(f"override-end {name}")
         return bool(removed)
-
-    async def load(self) -> None:
-        """The first read, at start-up; a Redis that does not answer is logged and
-        left to ``follow()``."""
-        try:
-            await self.refresh()
-        except StoreUnavailable as exc:
-            log.warning("cluster drains and overrides not read at start (%s); retrying", exc)
-
-    async def follow(self) -> None:
-        """Keep the controls current until cancelled."""
-        if self._client is None:
-            return
-        while True:
-            try:
-                if self._subscriber is None:
-                    await self.refresh()
-                    await asyncio.sleep(CLUSTER_POLL_S)
-                else:
-                    await self._listen(self._subscriber)
-            except StoreUnavailable as exc:
-                log.warning("cluster drains and overrides: %s; retrying in %gs", exc, RETRY_S)
-                await asyncio.sleep(RETRY_S)
-
-    async def _listen(self, subscriber: Any) -> None:
-        pubsub = subscriber.pubsub(ignore_subscribe_messages=True)
-        try:
-            with KeepsCancellation():
-                async with asyncio.timeout(CALL_TIMEOUT_S):
-                    await pubsub.subscribe(self.channel)
-            # Whatever changed while not subscribed.
-            await self.refresh()
-            while True:
-                # A message, or a poll's worth of silence: read everything either way.
-                with KeepsCancellation():
-                    await pubsub.get_message(timeout=POLL_S)
-                await self.refresh()
-        except REDIS_ERRORS as exc:
-            raise unavailable(exc) from exc
-        finally:
-            with KeepsCancellation():
-                await pubsub.aclose()
-
-    async def close(self) -> None:
-        subscriber = self._subscriber
-        if subscriber is None:
-            return
-        await subscriber.aclose()
-        # A Sentinel-backed client's pool holds its own clients to the Sentinels.
-        sentinel = getattr(getattr(subscriber, "connection_pool", None), "sentinel_manager", None)
-        if sentinel is not None:
-            await sentinel.aclose()
 
 
 def _decode(raw: Any) -> dict[str, Any] | None:

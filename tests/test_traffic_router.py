@@ -256,3 +256,54 @@ def test_the_database_gives_the_continent_and_says_when_it_knows_only_the_countr
         geo.close()
     assert location is not None
     assert (location.continent, location.precision) == (continent, precision)
+
+
+def test_route_explain_answers_what_if_a_cluster_were_down_loaded_or_a_tenants(
+    write_config: Callable[[str], Path],
+) -> None:
+    entries = [
+        {"name": n, "url": f"https://{n}.example.net", "lat": lat, "lon": lon}
+        for n, (lat, lon) in SITES.items()
+    ]
+    text = config_text(
+        entries,
+        router={"fallback": "us-east", "all_down": "fallback"},
+        geoip={"database": str(TEST_CITY_DB)},
+        tenants={"header": "x-tenant"},
+    )
+    text += '[[tenants.homes]]\ntenant = "acme"\ncluster = "ap-sydney"\n'
+    path = str(write_config(text))
+
+    def route(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            georouter_command("route", "81.2.69.1", "--config", path, *args),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def explained(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
+        assert result.returncode == 0, result.stderr
+        return {ln.split()[0]: ln for ln in result.stdout.splitlines() if ln.startswith("  ")}
+
+    assert "eu-west" in route("--json").stdout.split('"cluster": ')[1][:12]
+    lines = explained(route("--explain", "--set", "eu-west=down"))
+    assert "down (--set)" in lines["eu-west"]
+    assert "nearest routable cluster" in lines["eu-central"]
+    lines = explained(route("--explain", "--set", "eu-west=load:0.99"))
+    assert "spill_high" in lines["eu-west"]
+    assert "load 0.99" in lines["eu-west"]
+    lines = explained(route("--explain", "--set", "eu-west=back:1"))
+    assert "recovered" in lines["eu-west"] or "nearest" in lines["eu-west"]
+    everything = [f"--set={n}=down" for n in SITES]
+    out = route("--json", *everything)
+    assert '"reason": "all_down"' in out.stdout
+    assert '"cluster": "us-east"' in out.stdout
+    assert '"reason": "tenant"' in route("--json", "--tenant", "acme").stdout
+    bad = route("--set", "nowhere=down")
+    assert bad.returncode == 2
+    assert "--set: no cluster named 'nowhere'" in bad.stderr
+    worse = route("--set", "eu-west=sideways")
+    assert worse.returncode == 2
+    assert "down, up, load:0.0 to 1.0 or back:SECONDS" in worse.stderr

@@ -296,7 +296,9 @@ def cmd_route(args: argparse.Namespace) -> int:
             runtime, locator=db, health=health, metrics=Metrics(), admissions=health.admissions
         )
         decisions = [
-            router.decide(ip, new_session=args.session).as_json(explain=args.explain)
+            router.decide(ip, new_session=args.session, tenant=args.tenant).as_json(
+                explain=args.explain
+            )
             for ip in args.addresses
         ]
         _warn_if_stale(db.info)

@@ -115,6 +115,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="ID",
         help="decide for a new session with this id (weights and shares draw by it)",
     )
+    p.add_argument(
+        "--tenant", metavar="ID", help="decide for this tenant ([[tenants.homes]] of the file)"
+    )
 
 
 def explain_text(decision: Mapping[str, object]) -> str:

@@ -143,6 +143,8 @@ class Ranking(NamedTuple):
     ignored: Mapping[str, str] | None = None
     # The loads the clusters reported, for the explanation.
     loads: Mapping[str, float] = MappingProxyType({})
+    # The chosen cluster is held back too, but no other one may take the session.
+    overflow: bool = False
     # The request's tenant and its home (which leads the order unless ``ignored``).
     tenant: TenantView | None = None
 
@@ -196,6 +198,8 @@ class Ranking(NamedTuple):
             elif i == self.chosen_at:
                 winner, chosen = cluster, True
                 why = self._chosen_why(cluster, first, measured, share)
+                if self.overflow:
+                    why += "; held back too, but no other cluster may take the session"
             else:
                 why = self._passed_why(i, cluster, winner, measured, preferred)
             admission = self.admit.get(name)
@@ -325,11 +329,14 @@ def choose(
             continue
         first = i
         break
-    if first is None and held:
+    overflow = first is None and bool(held)
+    if overflow:
         # Held back is not down: with nowhere else to go, a loaded or ramping cluster
         # takes the session rather than the client getting a 503.
         first, held = held[0], held[1:]
     base = Ranking(reason, order, unroutable, first, rule, forbidden, (), anchor, (), admit)
+    if overflow:
+        base = base._replace(overflow=True)
     if loads:
         base = base._replace(loads=loads)
     if held:

@@ -20,7 +20,7 @@ from georouter.http.openapi_parts import (
     DECISION,
     ERROR,
     EXPLAIN,
-    FLAG_VALUES,
+    FLAG_SCHEMA,
     LOCATION,
     LOCKED_OUT,
     RELOAD_OUTCOME,
@@ -227,7 +227,7 @@ SPEC: dict[str, Any] = {
                         "name": "dry_run",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "string", "enum": FLAG_VALUES},
+                        "schema": FLAG_SCHEMA,
                         "allowEmptyValue": True,
                         "description": (
                             "1: say what the file would change, apply nothing; if it would"

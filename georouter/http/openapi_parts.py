@@ -11,6 +11,17 @@ from georouter.core.policy import Reason
 # What georouter.http.common.flag accepts: empty (a bare `?explain`) is true.
 FLAG_VALUES = ["", "1", "true", "yes", "on", "0", "false", "no", "off"]
 
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in word)
+
+
+# What ``common.flag`` takes: those values in any case, with spaces or tabs around.
+FLAG_SCHEMA = {
+    "type": "string",
+    "pattern": "^[ \t]*(" + "|".join(_any_case(v) for v in FLAG_VALUES) + ")[ \t]*$",
+}
+
 _COUNT = {"type": "integer", "minimum": 0}
 # georouter.http.dryrun: what a file that would apply does on this edge. Counts only.
 RELOAD_IMPACT = {
@@ -234,7 +245,7 @@ EXPLAIN = {
     "name": "explain",
     "in": "query",
     "required": False,
-    "schema": {"type": "string", "enum": FLAG_VALUES},
+    "schema": FLAG_SCHEMA,
     "allowEmptyValue": True,
     "description": (
         "add every cluster with its distance and why it was or was not chosen. A bare"

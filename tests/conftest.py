@@ -7,7 +7,9 @@ import pytest
 
 from georouter.demo.standin import StandIn
 from tests.harness import Edge, start_edge
+from tests.proxy_pair import Pair
 from tests.redis_harness import RedisClusterSet, RedisServer, SentinelSet
+from tests.upstream import Upstream
 
 
 @pytest.fixture
@@ -97,3 +99,24 @@ def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterSet]:
     group = RedisClusterSet(tmp_path / "cluster").start()
     yield group
     group.stop()
+
+
+@pytest.fixture
+def upstreams() -> Iterator[Callable[[str], Upstream]]:
+    """Start real HTTP/WebSocket upstream clusters by name; each is stopped after the test."""
+    started: list[Upstream] = []
+
+    def make(name: str) -> Upstream:
+        up = Upstream(name).start()
+        started.append(up)
+        return up
+
+    yield make
+    for up in started:
+        up.stop()
+
+
+@pytest.fixture
+def pair(upstreams: Callable[[str], Upstream]) -> Pair:
+    """Two upstream clusters and the edges in front of them (tests.proxy_pair)."""
+    return Pair(upstreams)

@@ -8,7 +8,7 @@ its deadline, an override ends by itself, and bad requests get clear answers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -21,20 +21,6 @@ from tests.upstream import Upstream
 
 TOKEN = "drain-admin-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def upstreams() -> Iterator[Callable[[str], Upstream]]:
-    started: list[Upstream] = []
-
-    def make(name: str) -> Upstream:
-        up = Upstream(name).start()
-        started.append(up)
-        return up
-
-    yield make
-    for up in started:
-        up.stop()
 
 
 @pytest.fixture

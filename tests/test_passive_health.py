@@ -10,36 +10,14 @@ back by itself, for longer each time it fails again; never more than
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from tests.harness import Edge, wait_for
 from tests.proxy_pair import API, Pair, cluster_status, served_by
 from tests.redis_harness import RedisServer
-from tests.upstream import Upstream
 
 PASSIVE = {"passive_failures": 3, "ejection_s": 1, "max_ejection_s": 2, "max_ejected_share": 0.5}
-
-
-@pytest.fixture
-def upstreams() -> Iterator[Callable[[str], Upstream]]:
-    started: list[Upstream] = []
-
-    def make(name: str) -> Upstream:
-        up = Upstream(name).start()
-        started.append(up)
-        return up
-
-    yield make
-    for up in started:
-        up.stop()
-
-
-@pytest.fixture
-def pair(upstreams: Callable[[str], Upstream]) -> Pair:
-    return Pair(upstreams)
 
 
 def ejection(edge: Edge, name: str) -> dict[str, object]:

@@ -24,20 +24,6 @@ from tests.redis_harness import RedisServer, free_port
 from tests.upstream import Upstream
 
 
-@pytest.fixture
-def upstreams() -> Iterator[Callable[..., Upstream]]:
-    started: list[Upstream] = []
-
-    def make(name: str) -> Upstream:
-        up = Upstream(name).start()
-        started.append(up)
-        return up
-
-    yield make
-    for up in started:
-        up.stop()
-
-
 def proxy_config(
     clusters: list[tuple[str, Upstream] | tuple[str, Upstream, Upstream]],
     redis: RedisServer,

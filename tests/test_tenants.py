@@ -10,7 +10,7 @@ clear answers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,7 +19,6 @@ import pytest
 from tests.harness import Edge, wait_for
 from tests.proxy_pair import API, Pair
 from tests.redis_harness import RedisServer
-from tests.upstream import Upstream
 
 TOKEN = "tenant-admin-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -33,25 +32,6 @@ cookie = "tenant"
 tenant = "configured"
 cluster = "b"
 """
-
-
-@pytest.fixture
-def upstreams() -> Iterator[Callable[[str], Upstream]]:
-    started: list[Upstream] = []
-
-    def make(name: str) -> Upstream:
-        up = Upstream(name).start()
-        started.append(up)
-        return up
-
-    yield make
-    for up in started:
-        up.stop()
-
-
-@pytest.fixture
-def pair(upstreams: Callable[[str], Upstream]) -> Pair:
-    return Pair(upstreams)
 
 
 @pytest.fixture

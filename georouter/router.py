@@ -152,7 +152,8 @@ class Router:
         return location, ranking
 
     def _held(self) -> Admissions:
-        return self._admissions() if self._admissions is not None else _NOT_HELD
+        admissions = self._admissions
+        return _NOT_HELD if admissions is None else admissions()
 
     def _decision(
         self,

@@ -44,6 +44,7 @@ DEFAULT_POINTS = frozenset({(37.751, -97.822)})
 # first for the orders built around a cluster.
 _OrderKey = tuple[object, ...]
 _NOTHING: Mapping[str, str] = MappingProxyType({})
+_NO_RULE: frozenset[str] = frozenset()
 _NO_ADMISSIONS: Mapping[str, Admission] = MappingProxyType({})
 _NO_LOADS: Mapping[str, float] = MappingProxyType({})
 
@@ -157,47 +158,6 @@ class Runtime:
         rule_at = self.rules.match(location, client_ip) if self.rules else None
         if tenant is not None and tenant.applied:
             tenant, rule_at = self._homed(tenant, rule_at)
-        ranking = self._ranked(
-            location,
-            unroutable,
-            rule_at,
-            spread=spread,
-            override=override,
-            tenant=tenant,
-            admit=admit,
-            loads=loads,
-        )
-        return ranking if tenant is None else ranking._replace(tenant=tenant)
-
-    def _homed(self, tenant: TenantView, rule_at: int | None) -> tuple[TenantView, int | None]:
-        """The tenant, and the rule that still shapes its order: a strict rule keeps
-        the client in (its home is ignored if outside); a preference yields to it."""
-        if rule_at is None:
-            return tenant, None
-        rule = self.rules.rules[rule_at]
-        if not rule.strict:
-            return tenant, None
-        if tenant.home in self.rules.forbidden[rule_at]:
-            why = f"{tenant.home!r} is outside strict rule {rule.name!r}, which holds"
-            return replace(tenant, ignored=why), rule_at
-        return tenant, rule_at
-
-    def tenant(self, tenant: str, stored: Mapping[str, StoredHome]) -> TenantView:
-        """``tenant``'s home: run-time (``stored``) first, then the configured one."""
-        return find_home(tenant, stored, self.homes, self.clusters)
-
-    def _ranked(
-        self,
-        location: Location | None,
-        unroutable: Mapping[str, str],
-        rule_at: int | None,
-        *,
-        spread: int | str | bytes | None,
-        override: Override | None,
-        tenant: TenantView | None,
-        admit: Mapping[str, Admission],
-        loads: Mapping[str, float],
-    ) -> Ranking:
         if tenant is not None and tenant.applied:
             home = tenant.home
             assert home is not None
@@ -218,40 +178,84 @@ class Runtime:
             anchor = self.config.router.fallback if reason is Reason.FALLBACK else ""
         router = self.config.router
         rule = None if rule_at is None else self.rules.rules[rule_at]
-        forbidden = frozenset() if rule_at is None else self.rules.forbidden[rule_at]
-
-        def ranked(down: Mapping[str, str], admitted: Mapping[str, Admission]) -> Ranking:
-            return choose(
+        forbidden = _NO_RULE if rule_at is None else self.rules.forbidden[rule_at]
+        if router.panic_below > 0 and self.panicking(unroutable):
+            ranking = self._ignoring(
+                order, reason, unroutable, rule_at=rule_at, spread=spread, anchor=anchor, panic=True
+            )
+        else:
+            ranking = choose(
                 order,
                 reason,
-                down,
+                unroutable,
                 rule=rule,
                 forbidden=forbidden,
                 tie_km=router.tie_km,
                 spread=spread,
                 anchor=anchor,
-                admit=admitted,
+                admit=admit,
                 spread_km=router.failover_spread_km,
                 loads=loads,
             )
+            if ranking.chosen_at is None and router.all_down is not AllDown.REFUSE:
+                ranking = self._ignoring(
+                    order, reason, unroutable, rule_at=rule_at, spread=spread, anchor=anchor
+                )
+        return ranking if tenant is None else ranking._replace(tenant=tenant)
 
-        if self.panicking(unroutable):
-            # Too few clusters look healthy to trust health: spread over all of them
-            # rather than pile every client onto the few left (Envoy's panic mode).
-            return ranked(_NOTHING, _NO_ADMISSIONS)._replace(
-                reason=Reason.PANIC, ignored=unroutable
+    def _ignoring(
+        self,
+        order: Order,
+        reason: Reason,
+        unroutable: Mapping[str, str],
+        *,
+        rule_at: int | None,
+        spread: int | str | bytes | None,
+        anchor: str,
+        panic: bool = False,
+    ) -> Ranking:
+        """The ranking when health is ignored: in panic (too few clusters look healthy
+        to trust health: spread over all of them rather than pile every client onto
+        the few left, Envoy's panic mode), or with every allowed cluster down and
+        ``router.all_down`` other than a 503."""
+        router = self.config.router
+        rule = None if rule_at is None else self.rules.rules[rule_at]
+        forbidden = _NO_RULE if rule_at is None else self.rules.forbidden[rule_at]
+        if panic or router.all_down is AllDown.IGNORE_HEALTH:
+            ranking = choose(
+                order,
+                reason,
+                _NOTHING,
+                rule=rule,
+                forbidden=forbidden,
+                tie_km=router.tie_km,
+                spread=spread,
+                anchor=anchor,
             )
-        ranking = ranked(unroutable, admit)
-        if ranking.chosen_at is not None or router.all_down is AllDown.REFUSE:
-            return ranking
-        if router.all_down is AllDown.IGNORE_HEALTH:
-            ranking = ranked(_NOTHING, _NO_ADMISSIONS)
         else:
             fallback = self._cached(("fallback", rule_at), self._fallback)
             ranking = choose(fallback, Reason.FALLBACK, _NOTHING, rule=rule, forbidden=forbidden)
         if ranking.chosen_at is None:
             return ranking
-        return ranking._replace(reason=Reason.ALL_DOWN, ignored=unroutable)
+        why = Reason.PANIC if panic else Reason.ALL_DOWN
+        return ranking._replace(reason=why, ignored=unroutable)
+
+    def _homed(self, tenant: TenantView, rule_at: int | None) -> tuple[TenantView, int | None]:
+        """The tenant, and the rule that still shapes its order: a strict rule keeps
+        the client in (its home is ignored if outside); a preference yields to it."""
+        if rule_at is None:
+            return tenant, None
+        rule = self.rules.rules[rule_at]
+        if not rule.strict:
+            return tenant, None
+        if tenant.home in self.rules.forbidden[rule_at]:
+            why = f"{tenant.home!r} is outside strict rule {rule.name!r}, which holds"
+            return replace(tenant, ignored=why), rule_at
+        return tenant, rule_at
+
+    def tenant(self, tenant: str, stored: Mapping[str, StoredHome]) -> TenantView:
+        """``tenant``'s home: run-time (``stored``) first, then the configured one."""
+        return find_home(tenant, stored, self.homes, self.clusters)
 
     def panicking(self, unroutable: Mapping[str, str]) -> bool:
         """Whether fewer than ``router.panic_below`` of the clusters are routable."""

@@ -311,7 +311,7 @@ def choose(
     """
     if spread is not None and not isinstance(spread, int) and (admit or tie_km or spread_km):
         spread = spread_of(spread)
-    point = point_of(spread) if isinstance(spread, int) else 0.0
+    point = None
     first = None
     home = None
     held: list[int] = []
@@ -323,10 +323,14 @@ def choose(
             home = i
         if name in unroutable:
             continue
-        admission = admit.get(name)
-        if admission is not None and point >= admission.share:
-            held.append(i)
-            continue
+        if admit:
+            admission = admit.get(name)
+            if admission is not None:
+                if point is None:
+                    point = point_of(spread) if isinstance(spread, int) else 0.0
+                if point >= admission.share:
+                    held.append(i)
+                    continue
         first = i
         break
     overflow = first is None and bool(held)
@@ -353,6 +357,7 @@ def choose(
     width = max(tie_km, spread_km) if failing_over else tie_km
     if width <= 0:
         return base
+    at = point_of(spread) if point is None else point
     band = band_of(
         order,
         first,
@@ -360,7 +365,7 @@ def choose(
         forbidden=forbidden,
         width=width,
         rule=rule,
-        taken=lambda name: name not in admit or point < admit[name].share,
+        taken=lambda name: name not in admit or at < admit[name].share,
     )
     if len(band) < 2:
         return base

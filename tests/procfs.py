@@ -55,3 +55,14 @@ def alive(pid: int) -> bool:
 def tree_cpu_seconds(root: int) -> float:
     """CPU time used so far by ``root`` and its children (a supervisor's workers)."""
     return sum(p.cpu_s for p in processes() if root in (p.pid, p.ppid))
+
+
+def handles_signal(pid: int, signum: int) -> bool:
+    """Whether ``pid`` ignores or catches ``signum`` yet (its default action is off)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    masks = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    bit = 1 << (signum - 1)
+    return bool((int(masks["SigIgn"], 16) | int(masks["SigCgt"], 16)) & bit)

@@ -216,9 +216,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def announce() -> None:
         # Printed whatever the log level, once the edge can answer (its Redis and its
         # app started; the socket already queues connections): scripts wait for it.
-        print(f"georouter: listening on {url}", file=sys.stderr, flush=True)
+        # One write per line: print writes the newline apart; a worker's line could come between.
+        sys.stderr.write(f"georouter: listening on {url}\n")
         if admin_url is not None:
-            print(f"georouter: admin endpoints on {admin_url}", file=sys.stderr, flush=True)
+            sys.stderr.write(f"georouter: admin endpoints on {admin_url}\n")
+        sys.stderr.flush()
 
     try:
         with session_backend(config) as ready:

@@ -153,7 +153,7 @@ def cluster_entries(standins: dict[str, StandIn]) -> list[dict[str, object]]:
 # (the suite runs under pytest-xdist, beside other work) a stand-in in a busy test
 # process can take a few hundred ms to answer, so a tighter timeout would start
 # healthy clusters down and send routes elsewhere.
-FAST_HEALTH: dict[str, object] = {"interval_s": 0.5, "timeout_s": 0.5, "rise": 2, "fall": 3}
+FAST_HEALTH: dict[str, object] = {"interval_s": 1.0, "timeout_s": 1.0, "rise": 2, "fall": 3}
 
 
 @dataclass

@@ -149,7 +149,11 @@ def cluster_entries(standins: dict[str, StandIn]) -> list[dict[str, object]]:
     ]
 
 
-FAST_HEALTH: dict[str, object] = {"interval_s": 0.25, "timeout_s": 0.25, "rise": 2, "fall": 3}
+# A cluster's first probe decides whether it starts up or down. On a loaded machine
+# (the suite runs under pytest-xdist, beside other work) a stand-in in a busy test
+# process can take a few hundred ms to answer, so a tighter timeout would start
+# healthy clusters down and send routes elsewhere.
+FAST_HEALTH: dict[str, object] = {"interval_s": 1.0, "timeout_s": 1.0, "rise": 2, "fall": 3}
 
 
 @dataclass

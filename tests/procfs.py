@@ -57,13 +57,12 @@ def tree_cpu_seconds(root: int) -> float:
     return sum(p.cpu_s for p in processes() if root in (p.pid, p.ppid))
 
 
-def ignores_signal(pid: int, signum: int) -> bool:
-    """Whether process ``pid`` has set ``signum`` to be ignored (its SigIgn mask)."""
+def handles_signal(pid: int, signum: int) -> bool:
+    """Whether ``pid`` ignores or catches ``signum`` yet (its default action is off)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return False
-    for line in status.splitlines():
-        if line.startswith("SigIgn:"):
-            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
-    return False
+    masks = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    bit = 1 << (signum - 1)
+    return bool((int(masks["SigIgn"], 16) | int(masks["SigCgt"], 16)) & bit)

@@ -43,11 +43,26 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def worker_ports() -> range:
+    """The slice of 20000..29999 this test process draws Redis ports from.
+
+    Under pytest-xdist every worker has its own slice: a port one worker has found
+    free and is about to bind (or keeps free as "nowhere") is never another's, so
+    a redis-server cannot answer the PING meant for a sibling that lost the bind.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    width = 10000 // count
+    start = 20000 + (int(worker.removeprefix("gw")) % count) * width
+    return range(start, start + width)
+
+
 def free_port(*, with_bus: bool = False) -> int:
     """A free loopback port; with ``with_bus`` its Cluster bus port (+10000) is free too."""
     rng = random.Random()
+    ports = worker_ports()
     for _ in range(200):
-        port = rng.randrange(20000, 30000)
+        port = rng.choice(ports)
         if _port_free(port) and (not with_bus or _port_free(port + 10000)):
             return port
     raise AssertionError("no free loopback port found")

@@ -25,7 +25,7 @@ from tests.harness import FAST_HEALTH, SITES, Edge, cluster_entries, config_text
 from tests.redis_harness import RedisServer
 
 # Agreement between edges is under test, not health checks: on a machine kept busy
-# on purpose, a 0.25 s probe deadline (which includes the edge's own event-loop lag)
+# on purpose, a short probe deadline (which includes the edge's own event-loop lag)
 # takes healthy clusters down at one edge, and its sessions fail over, on purpose.
 STEADY_HEALTH = {**FAST_HEALTH, "interval_s": 1.0, "timeout_s": 1.0}
 LONDON = "81.2.69.142"  # nearest: eu-west

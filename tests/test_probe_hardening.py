@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from georouter.config import Cluster, HealthSettings
-from georouter.core.health import ProbeResult, Status
+from georouter.core.health import HealthState, ProbeResult, Status
 from georouter.demo.standin import StandIn
 from georouter.probes.active import HealthMonitor
 from tests.harness import Edge, config_text, pace, until, wait_for
@@ -531,19 +531,24 @@ async def test_the_window_goes_down_under_a_running_monitor_too(
     ep = endpoint(ALTERNATING)
     target = cluster("flaky", ep.url)
     settings = replace(FAST, interval_s=0.01)
+    # The state as it was when the cluster went down: polling it from here would
+    # see one probe later on a loaded machine, where the monitor runs on meanwhile.
+    went_down: list[HealthState] = []
+
+    def changed() -> None:
+        now = monitor.states["flaky"]
+        if now.status is Status.DOWN and not went_down:
+            went_down.append(now)
+
     async with httpx.AsyncClient() as client:
-        monitor = HealthMonitor((target,), settings, client)
+        monitor = HealthMonitor((target,), settings, client, on_change=changed)
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(monitor.run())
             try:
-                await until(
-                    lambda: monitor.states["flaky"].status is Status.DOWN,
-                    timeout_s=10,
-                    what="the flaky cluster down",
-                )
+                await until(lambda: went_down, timeout_s=10, what="the flaky cluster down")
             finally:
                 task.cancel()
-    state = monitor.states["flaky"]
+    state = went_down[0]
     assert state.probes == 10
     assert state.as_json()["recent_failures"] == 1  # a fresh window from the change on
 

@@ -42,7 +42,7 @@ def _config(standins: dict[str, StandIn], redis: RedisServer, **limits: object) 
     return config_text(
         cluster_entries(standins),
         router={"fallback": "us-east"},
-        health={**FAST_HEALTH, "timeout_s": 0.1},
+        health=FAST_HEALTH,
         sessions={"redis_url": redis.url},
         limits={
             "header_timeout_s": HEADER_TIMEOUT_S,
@@ -364,7 +364,9 @@ def test_one_address_cannot_fill_redis_with_new_sessions(
     async def flood() -> tuple[dict[int, int], float]:
         codes: dict[int, int] = {}
         started = time.monotonic()
-        limits = httpx.Limits(max_connections=32)
+        # The edge closes a connection idle for header_timeout_s; a client that kept
+        # it longer (a stalled loop on a loaded machine) would send into the close.
+        limits = httpx.Limits(max_connections=32, keepalive_expiry=HEADER_TIMEOUT_S / 2)
         async with httpx.AsyncClient(base_url=edge.url, timeout=10, limits=limits) as client:
             gate = asyncio.Semaphore(32)
 
@@ -476,7 +478,9 @@ def test_with_workers_every_worker_drains_before_the_edge_stops(
     write_config: Callable[[str], Path],
     make_edge: Callable[..., Edge],
 ) -> None:
-    drain_s = 2.0
+    # Long enough that the 20 probes of /readyz and the request after them all land
+    # inside the window on a loaded machine: once it ends, the workers close.
+    drain_s = 5.0
     edge = make_edge(
         write_config(_config(standins, redis_server)),
         args=("--workers", "2", "--drain-s", str(drain_s)),

@@ -24,6 +24,7 @@ from georouter.cli import diff as cli_diff
 from georouter.cli import explain as cli_explain
 from georouter.cli import geodata as cli_geodata
 from georouter.cli import standin as cli_standin
+from georouter.cli.argtypes import drain_seconds, workers_count
 from georouter.config import Config, RouterMode, load, load_version
 from georouter.config.redisurl import RedisMode, RedisTarget
 from georouter.demo import run as demo
@@ -215,9 +216,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def announce() -> None:
         # Printed whatever the log level, once the edge can answer (its Redis and its
         # app started; the socket already queues connections): scripts wait for it.
-        print(f"georouter: listening on {url}", file=sys.stderr, flush=True)
+        # One write per line: print writes the newline apart; a worker's line could come between.
+        sys.stderr.write(f"georouter: listening on {url}\n")
         if admin_url is not None:
-            print(f"georouter: admin endpoints on {admin_url}", file=sys.stderr, flush=True)
+            sys.stderr.write(f"georouter: admin endpoints on {admin_url}\n")
+        sys.stderr.flush()
 
     try:
         with session_backend(config) as ready:
@@ -264,22 +267,6 @@ def _admin_socket(args: argparse.Namespace, config: Config) -> socket.socket | N
         return ListenAddress.parse(text).bind(reuse_port=args.workers > 1)
     except ListenError as exc:
         raise UsageError(f"--admin-listen: {exc}") from exc
-
-
-def _drain_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"must be 0..3600 seconds, not {text!r}")
-    return value
-
-
-def _workers(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 64:
-        raise argparse.ArgumentTypeError(f"must be 1..64, not {text!r}")
-    return int(text)
 
 
 def cmd_route(args: argparse.Namespace) -> int:
@@ -387,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--drain-s",
-        type=_drain_seconds,
+        type=drain_seconds,
         default=0.0,
         metavar="SECONDS",
         help="on SIGTERM, keep serving this long with /readyz answering 503 before"
@@ -395,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers",
-        type=_workers,
+        type=workers_count,
         default=1,
         metavar="N",
         help="worker processes sharing the socket (default 1); one prober for all",

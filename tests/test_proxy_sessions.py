@@ -8,14 +8,14 @@ from pathlib import Path
 
 from tests.harness import Edge
 from tests.redis_harness import RedisServer
-from tests.test_proxy import API, echo, proxy_config, router_cookie, send, upstreams  # noqa: F401
+from tests.test_proxy import API, echo, proxy_config, router_cookie, send
 from tests.upstream import Upstream
 
 LEARN = {"learn": ["cookie:JSESSIONID", "header:Mcp-Session-Id"]}
 
 
 def test_an_id_the_application_issues_keeps_its_session_on_that_cluster_at_every_edge(
-    upstreams: Callable[..., Upstream],  # noqa: F811
+    upstreams: Callable[..., Upstream],
     redis_server: RedisServer,
     write_config: Callable[[str], Path],
     make_edge: Callable[..., Edge],
@@ -56,7 +56,7 @@ def test_an_id_the_application_issues_keeps_its_session_on_that_cluster_at_every
 
 
 def test_a_session_id_in_the_url_keeps_the_session_on_its_cluster(
-    upstreams: Callable[..., Upstream],  # noqa: F811
+    upstreams: Callable[..., Upstream],
     redis_server: RedisServer,
     write_config: Callable[[str], Path],
     make_edge: Callable[..., Edge],
@@ -90,7 +90,7 @@ def test_a_session_id_in_the_url_keeps_the_session_on_its_cluster(
 
 
 def test_a_replay_hint_sends_the_request_on_and_moves_its_session_once(
-    upstreams: Callable[..., Upstream],  # noqa: F811
+    upstreams: Callable[..., Upstream],
     redis_server: RedisServer,
     write_config: Callable[[str], Path],
     make_edge: Callable[..., Edge],
@@ -124,7 +124,7 @@ def test_a_replay_hint_sends_the_request_on_and_moves_its_session_once(
 
 
 def test_replay_hints_that_cannot_be_followed_are_ignored_and_never_shown(
-    upstreams: Callable[..., Upstream],  # noqa: F811
+    upstreams: Callable[..., Upstream],
     redis_server: RedisServer,
     write_config: Callable[[str], Path],
     make_edge: Callable[..., Edge],

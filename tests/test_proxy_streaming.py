@@ -12,7 +12,7 @@ import pytest
 
 from tests.harness import Edge
 from tests.redis_harness import RedisServer
-from tests.test_proxy import API, proxy_config, upstreams  # noqa: F401 (a fixture)
+from tests.test_proxy import API, proxy_config
 from tests.upstream import Upstream, pattern_bytes, pattern_sha256
 
 MIB = 1 << 20
@@ -32,7 +32,7 @@ def rss_kib(pid: int, field: str) -> int:
 @pytest.mark.parametrize("server", SERVERS)
 def test_hundreds_of_mib_stream_both_ways_byte_exact_in_flat_memory(
     server: str,
-    upstreams: Callable[..., Upstream],  # noqa: F811
+    upstreams: Callable[..., Upstream],
     redis_server: RedisServer,
     write_config: Callable[[str], Path],
     make_edge: Callable[..., Edge],
@@ -76,7 +76,7 @@ def test_hundreds_of_mib_stream_both_ways_byte_exact_in_flat_memory(
 @pytest.mark.parametrize("server", SERVERS)
 def test_a_client_leaving_mid_response_closes_the_upstream_under_either_server(
     server: str,
-    upstreams: Callable[..., Upstream],  # noqa: F811
+    upstreams: Callable[..., Upstream],
     redis_server: RedisServer,
     write_config: Callable[[str], Path],
     make_edge: Callable[..., Edge],

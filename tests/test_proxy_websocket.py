@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.harness import Edge
 from tests.redis_harness import RedisServer
-from tests.test_proxy import API, proxy_config, upstreams  # noqa: F401 (a fixture)
+from tests.test_proxy import API, proxy_config
 from tests.upstream import Upstream
 
 SERVERS = ["hypercorn", "uvicorn"]
@@ -128,7 +128,7 @@ def ws_config(
 def test_messages_and_close_codes_pass_both_ways_and_the_subprotocol_is_kept(
     server: str,
     ws_clusters: Callable[[str], WebSocketCluster],
-    upstreams: Callable[..., Upstream],  # noqa: F811
+    upstreams: Callable[..., Upstream],
     redis_server: RedisServer,
     write_config: Callable[[str], Path],
     make_edge: Callable[..., Edge],
@@ -182,7 +182,7 @@ def test_messages_and_close_codes_pass_both_ways_and_the_subprotocol_is_kept(
 
 def test_a_websocket_is_sticky_by_session_and_a_dead_cluster_is_passed_over(
     ws_clusters: Callable[[str], WebSocketCluster],
-    upstreams: Callable[..., Upstream],  # noqa: F811
+    upstreams: Callable[..., Upstream],
     redis_server: RedisServer,
     write_config: Callable[[str], Path],
     make_edge: Callable[..., Edge],
@@ -220,7 +220,7 @@ def test_a_websocket_is_sticky_by_session_and_a_dead_cluster_is_passed_over(
 
 def test_a_cluster_refusing_the_handshake_is_a_refusal_the_client_sees(
     ws_clusters: Callable[[str], WebSocketCluster],
-    upstreams: Callable[..., Upstream],  # noqa: F811
+    upstreams: Callable[..., Upstream],
     redis_server: RedisServer,
     write_config: Callable[[str], Path],
     make_edge: Callable[..., Edge],

@@ -101,6 +101,8 @@ class Rounds:
     answers: dict[str, list[str]] = field(default_factory=dict)
     disagreements: list[tuple[int, str]] = field(default_factory=list)
     spans: list[tuple[float, float]] = field(default_factory=list)
+    # When each answer's round started, per session.
+    times: dict[str, list[float]] = field(default_factory=dict)
 
     def bounces(self) -> dict[str, int]:
         """Per session, how often it came back to the flapping cluster after leaving it."""
@@ -154,6 +156,7 @@ def drive(a: Edge, b: Edge) -> Rounds:
         rounds.spans.append((now, time.monotonic()))
         for session, x, y in zip(pool, first, second, strict=True):
             rounds.answers.setdefault(session, []).extend((x, y))
+            rounds.times.setdefault(session, []).extend((now, now))
             if x != y:
                 rounds.disagreements.append((round_no, session))
         round_no += 1
@@ -169,7 +172,14 @@ class Setup:
     redis: RedisServer
     write: Callable[[str], Path]
 
-    def config(self, *, shared: bool, flapping: bool) -> Path:
+    def config(
+        self,
+        *,
+        shared: bool,
+        flapping: bool,
+        router: dict[str, object] | None = None,
+        health: dict[str, object] | None = None,
+    ) -> Path:
         clusters: list[dict[str, object]] = []
         for name, s in self.standins.items():
             entry: dict[str, object] = {
@@ -183,8 +193,8 @@ class Setup:
             clusters.append(entry)
         text = config_text(
             clusters,
-            router={"fallback": "us-east"},
-            health={**HEALTH, "shared": shared},
+            router={"fallback": "us-east", **(router or {})},
+            health={**HEALTH, "shared": shared, **(health or {})},
             sessions={"redis_url": self.redis.url, "command_timeout_s": 1},
             limits={"new_sessions_per_s": 0},
         )
@@ -231,10 +241,12 @@ class Figures:
         return max(lags)
 
 
-def flap(setup: Setup, make_edge: Callable[..., Edge], *, shared: bool) -> Figures:
+def flap(
+    setup: Setup, make_edge: Callable[..., Edge], *, shared: bool, **knobs: dict[str, object]
+) -> Figures:
     """Start A (eu-west steady) and B (eu-west flapping), drive both, print the figures."""
-    a = make_edge(setup.config(shared=shared, flapping=False))
-    b = make_edge(setup.config(shared=shared, flapping=True))
+    a = make_edge(setup.config(shared=shared, flapping=False, **knobs))
+    b = make_edge(setup.config(shared=shared, flapping=True, **knobs))
     wait_for(
         lambda: all(cluster(e, FLAPPING)["routable"] is True for e in (a, b)),
         timeout_s=SETTLE_S,
@@ -253,7 +265,7 @@ def flap(setup: Setup, make_edge: Callable[..., Edge], *, shared: bool) -> Figur
     found = Figures(rounds, flips, settled, rounds.bounces())
     moves = [rounds.moves(s) for s in rounds.answers]
     print(
-        f"\nFLAP shared={str(shared).lower()} sessions={len(rounds.answers)}"
+        f"\nFLAP shared={str(shared).lower()} {knobs or ''} sessions={len(rounds.answers)}"
         f" bounces={sum(found.bounced.values())} (sessions {len(found.bounced)})"
         f" disagreements={len(rounds.disagreements)} settled_disagreements={len(settled)}"
         f" latest_disagreement_after_flip_s={found.latest_after_flip_s():.2f}"
@@ -291,3 +303,29 @@ def test_with_shared_health_a_flap_seen_by_one_edge_moves_each_session_once_for_
         assert rounds.moves(session) <= 1, (session, seen)
         if rounds.moves(session):
             assert seen[0] == FLAPPING, (session, seen)
+
+
+def test_with_shared_health_and_stabilize_s_no_session_goes_back_to_a_flapping_cluster(
+    setup: Setup, make_edge: Callable[..., Edge]
+) -> None:
+    # eu-west is up for 2 s at a time in B's probes, less than stabilize_s: once
+    # it has failed, neither edge may send a session to it again, pinned there
+    # (`temporary` keeps the pin) or new. A's own probes never saw it fail: it
+    # counts stabilize_s from when the shared verdict brought it back.
+    found = flap(
+        setup,
+        make_edge,
+        shared=True,
+        router={"on_pinned_down": "temporary"},
+        health={"stabilize_s": 3 * HALF_PERIOD_S / 2},
+    )
+    rounds = found.rounds
+    settled_from = found.flips[0] + SETTLE_AFTER_FLIP_S
+    late = [
+        (session, name)
+        for session, seen in rounds.answers.items()
+        for name, at in zip(seen, rounds.times[session], strict=True)
+        if at > settled_from and name == FLAPPING
+    ]
+    assert late == [], late[:5]
+    assert any(at > settled_from for times in rounds.times.values() for at in times)

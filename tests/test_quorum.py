@@ -310,3 +310,45 @@ def test_with_shared_health_an_ejection_here_detours_pinned_sessions_and_moves_n
     alone = view(None)
     assert "eu-west" in alone.pinned()
     assert dict(alone.detours()) == {}
+
+
+def test_a_cluster_the_shared_verdict_brings_back_ramps_at_an_edge_that_saw_it_up() -> None:
+    from georouter.core.admission import Held
+    from georouter.core.health import HealthState, Status
+
+    config = parse(
+        {
+            "clusters": [
+                {"name": "eu-west", "url": "http://127.0.0.1:1", "lat": 53.3, "lon": -6.2},
+                {"name": "us-east", "url": "http://127.0.0.1:2", "lat": 38.9, "lon": -77.4},
+            ],
+            "health": {"shared": True, "stabilize_s": 5, "ramp_s": 10},
+        }
+    )
+    now = [100.0]
+    # This edge's own probes saw eu-west up all along: no recovery of its own.
+    states = {n: HealthState(status=Status.UP) for n in ("eu-west", "us-east")}
+    gone = {"eu-west": "down for 1 of 2 edges"}
+    down = Agreement(down=gone, here_only={}, new=gone, views={}, edges=2)
+    up = Agreement(down={}, here_only={}, new={}, views={}, edges=2)
+    verdict = [down]
+    view = RoutableView(
+        dict,
+        shared=lambda: verdict[0],
+        clock=lambda: now[0],
+        states=lambda: states,
+        config=lambda: config,
+    )
+    assert "eu-west" in view.pinned()
+    assert dict(view.admissions()[0]) == {}
+    verdict[0] = up
+    now[0] = 101.0
+    held = view.admissions()[0]["eu-west"]
+    assert (held.share, held.held) == (0.0, Held.RAMP)
+    now[0] = 110.0  # 9 s back: 4 s into the ramp
+    verdict[0] = Agreement(down={}, here_only={}, new={}, views={}, edges=2)
+    ramping = view.admissions()[0]["eu-west"]
+    assert 0.05 < ramping.share < 1.0
+    now[0] = 120.0
+    verdict[0] = Agreement(down={}, here_only={}, new={}, views={}, edges=2)
+    assert "eu-west" not in view.admissions()[0]

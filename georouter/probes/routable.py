@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from types import MappingProxyType
 
 from georouter.config import Config
@@ -55,8 +56,13 @@ class RoutableView:
         self._held: tuple[Mapping[str, Admission], Mapping[str, float]] = ({}, {})
         self._held_until = -math.inf
         self._held_config: Config | None = None
-        self._held_health: Mapping[str, str] | None = None
+        self._held_health: tuple[object, object] | None = None
         self._detours: Mapping[str, str] = _NO_DETOURS
+        # Clusters the shared verdict has down, and when it last brought each one
+        # back: failback's stabilize and ramp count from there too, so a cluster
+        # every edge failed over is not flooded again by the edges that saw it up.
+        self._verdict_down: frozenset[str] = frozenset()
+        self._back: dict[str, float] = {}
 
     def _current(self) -> Routability:
         agreement = self._shared() if self._shared is not None else None
@@ -78,6 +84,12 @@ class RoutableView:
         view = routability(health, ejected, controls, now)
         detours: Mapping[str, str] = _NO_DETOURS
         if agreement is not None:
+            down_now = frozenset(agreement.down)
+            for name in self._verdict_down - down_now:
+                self._back[name] = now
+            for name in down_now:
+                self._back.pop(name, None)
+            self._verdict_down = down_now
             # Down from here only, by this edge's probes or by its own data path's
             # evidence (an ejection): pinned sessions keep their pin (detours()).
             local = {n: why for n, why in ejected.items() if n not in agreement.down}
@@ -103,15 +115,27 @@ class RoutableView:
         and the load each up cluster last reported."""
         if self._states is None or self._config is None:
             return self._held
+        view = self._current()
         now = self._clock()
         config = self._config()
         # A new health view is a status change: a cluster just back must be held
         # from its first request on, not once this answer is due for a refresh.
-        health = self._health()
-        fresh = config is self._held_config and health is self._held_health
+        health = (self._health(), view)
+        held_health = self._held_health
+        fresh = (
+            config is self._held_config
+            and held_health is not None
+            and health[0] is held_health[0]
+            and health[1] is held_health[1]
+        )
         if fresh and now < self._held_until:
             return self._held
         states = self._states()
+        if self._back:
+            states = {
+                name: _back_at(st, self._back[name]) if name in self._back else st
+                for name, st in states.items()
+            }
         r, h = config.router, config.health
         held, until = admissions(
             states,
@@ -137,3 +161,12 @@ class RoutableView:
         shared)."""
         self._current()
         return self._detours
+
+
+def _back_at(state: HealthState, at: float) -> HealthState:
+    """``state`` as if it had recovered at ``at`` (or later, if its probes say so)."""
+    if not state.routable:
+        return state
+    if state.recovered_at is not None and state.recovered_at >= at:
+        return state
+    return replace(state, recovered_at=at)

@@ -88,15 +88,28 @@ class Router:
         ).values
 
     async def move(
-        self, client_ip: IPAddress | None, session_id: str | None, cluster: str, runtime: Runtime
+        self,
+        client_ip: IPAddress | None,
+        session_id: str | None,
+        cluster: str,
+        runtime: Runtime,
+        *,
+        tenant: str | None = None,
     ) -> Decision:
         """The decision to send a request to ``cluster`` because a cluster said so (a
-        replay hint): its session, if any, is pinned there."""
-        location, ranking = self._rank(runtime, client_ip, session_id, self._health.unroutable())
+        replay hint): its session, if any, is pinned there, unless it belongs to a
+        tenant whose home holds it (then only this request goes)."""
+        location, ranking = self._rank(
+            runtime, client_ip, session_id, self._health.unroutable(), tenant=tenant
+        )
         if cluster in ranking.forbidden:
             # A cluster's hint never takes a client out of its strict rule.
-            return await self.route(client_ip, session_id, runtime)
+            return await self.route(client_ip, session_id, runtime, tenant=tenant)
         view = None
+        if cluster in ranking.keep_out:
+            # The tenant's home keeps the session: moving its pin here would only
+            # have the next request move it back.
+            session_id = None
         if session_id is not None and self._sessions is not None:
             pin, _, degraded = await self._sessions.move(session_id, cluster)
             view = SessionView(session_id, pin, degraded)

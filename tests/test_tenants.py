@@ -328,3 +328,16 @@ def test_in_redirect_mode_a_tenant_is_sent_to_its_home_clusters_url(
     assert answer.headers["x-georouter-reason"] == "tenant"
     other = httpx.get(edge.url + "/docs", headers={"x-tenant": "initech"}, timeout=10)
     assert other.headers["location"] == pair.a.url + "/docs"
+
+
+def test_a_replay_hint_sends_one_request_of_a_homed_tenant_on_but_keeps_its_session_home(
+    pair: Pair, edges: Callable[[], Edge]
+) -> None:
+    edge = edges()
+    assert tenant_request(edge, "configured", "cfg-session") == ("b", "tenant")
+    # The home asks for this one request to be served at "a".
+    pair.b.extra_headers = [("georouter-replay", "a")]
+    assert tenant_request(edge, "configured", "cfg-session") == ("a", "replay")
+    pair.b.extra_headers = []
+    # The session's pin stayed home: no move to "a" and back.
+    assert tenant_request(edge, "configured", "cfg-session") == ("b", "sticky")

@@ -280,7 +280,9 @@ async def _proxy(
             elsewhere = _replay_target(hint.strip(), cluster.name, svc, rt, body.replayable)
             if elsewhere is not None:
                 await response.aclose()
-                decision = await svc.router.move(routed.client, routed.session_id, elsewhere, rt)
+                decision = await svc.router.move(
+                    routed.client, routed.session_id, elsewhere, rt, tenant=routed.tenant
+                )
                 routed = routed._replace(decision=decision)
                 continue
         break

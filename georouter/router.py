@@ -66,6 +66,7 @@ class Router:
         detours: Callable[[], Mapping[str, str]] | None = None,
         admissions: Callable[[], Admissions] | None = None,
         homes: Callable[[], Mapping[str, StoredHome]] | None = None,
+        operator: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.runtime = runtime
         self._locator = locator
@@ -77,6 +78,9 @@ class Router:
         # elsewhere, but no session is moved off them for every edge.
         self._detours = detours
         self._admissions = admissions
+        # The clusters the operator took out (drains, forced down): out even when
+        # health is ignored.
+        self._operator = operator
         self._sessions = sessions
         # The tenant homes set at run time (shared through Redis); the configured
         # ones are in the runtime snapshot.
@@ -141,17 +145,17 @@ class Router:
         its tenant's home, if it has one)."""
         admit, loads = held
         view = None if tenant is None else rt.tenant(tenant, self._homes())
-        if client_ip is None:
-            spread = session_id if admit and session_id is not None else None
-            return None, rt.rank(
-                None, unroutable, spread=spread, admit=admit, loads=loads, tenant=view
-            )
-        location, override = rt.locate(client_ip, self._locator.lookup)
+        location: Location | None = None
+        override = None
         spread_by: str | bytes | None = None
-        if rt.weighted or admit:
-            # New sessions split by a hash of their id (hashed only if a split is due),
-            # so every edge draws the same cluster.
-            spread_by = session_id if session_id is not None else client_ip.packed
+        if client_ip is None:
+            spread_by = session_id if admit and session_id is not None else None
+        else:
+            location, override = rt.locate(client_ip, self._locator.lookup)
+            if rt.weighted or admit:
+                # New sessions split by a hash of their id (hashed only if a split is
+                # due), so every edge draws the same cluster.
+                spread_by = session_id if session_id is not None else client_ip.packed
         ranking = rt.rank(
             location,
             unroutable,
@@ -162,6 +166,22 @@ class Router:
             loads=loads,
             tenant=view,
         )
+        if ranking.ignored is not None and self._operator is not None:
+            # Panic and all_down ignore health, not the operator: a drained or
+            # forced-down cluster stays out.
+            ruled_out = self._operator()
+            if ruled_out:
+                ranking = rt.rank(
+                    location,
+                    unroutable,
+                    client_ip=client_ip,
+                    spread=spread_by,
+                    override=override,
+                    admit=admit,
+                    loads=loads,
+                    tenant=view,
+                    operator=ruled_out,
+                )
         return location, ranking
 
     def _held(self) -> Admissions:

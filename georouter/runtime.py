@@ -147,6 +147,7 @@ class Runtime:
         admit: Mapping[str, Admission] = _NO_ADMISSIONS,
         loads: Mapping[str, float] = _NO_LOADS,
         tenant: TenantView | None = None,
+        operator: Mapping[str, str] = _NOTHING,
     ) -> Ranking:
         """The ranking for a client at ``location``: its order (its rule's clusters
         first), the first routable allowed cluster that takes the session
@@ -181,7 +182,14 @@ class Runtime:
         forbidden = _NO_RULE if rule_at is None else self.rules.forbidden[rule_at]
         if router.panic_below > 0 and self.panicking(unroutable):
             ranking = self._ignoring(
-                order, reason, unroutable, rule_at=rule_at, spread=spread, anchor=anchor, panic=True
+                order,
+                reason,
+                unroutable,
+                rule_at=rule_at,
+                spread=spread,
+                anchor=anchor,
+                operator=operator,
+                panic=True,
             )
         else:
             ranking = choose(
@@ -199,7 +207,13 @@ class Runtime:
             )
             if ranking.chosen_at is None and router.all_down is not AllDown.REFUSE:
                 ranking = self._ignoring(
-                    order, reason, unroutable, rule_at=rule_at, spread=spread, anchor=anchor
+                    order,
+                    reason,
+                    unroutable,
+                    rule_at=rule_at,
+                    spread=spread,
+                    anchor=anchor,
+                    operator=operator,
                 )
         return ranking if tenant is None else ranking._replace(tenant=tenant)
 
@@ -212,12 +226,14 @@ class Runtime:
         rule_at: int | None,
         spread: int | str | bytes | None,
         anchor: str,
+        operator: Mapping[str, str],
         panic: bool = False,
     ) -> Ranking:
         """The ranking when health is ignored: in panic (too few clusters look healthy
         to trust health: spread over all of them rather than pile every client onto
         the few left, Envoy's panic mode), or with every allowed cluster down and
-        ``router.all_down`` other than a 503."""
+        ``router.all_down`` other than a 503. The clusters in ``operator`` (drained,
+        forced down) stay out: health is ignored, not the operator."""
         router = self.config.router
         rule = None if rule_at is None else self.rules.rules[rule_at]
         forbidden = _NO_RULE if rule_at is None else self.rules.forbidden[rule_at]
@@ -225,7 +241,7 @@ class Runtime:
             ranking = choose(
                 order,
                 reason,
-                _NOTHING,
+                operator,
                 rule=rule,
                 forbidden=forbidden,
                 tie_km=router.tie_km,
@@ -234,7 +250,7 @@ class Runtime:
             )
         else:
             fallback = self._cached(("fallback", rule_at), self._fallback)
-            ranking = choose(fallback, Reason.FALLBACK, _NOTHING, rule=rule, forbidden=forbidden)
+            ranking = choose(fallback, Reason.FALLBACK, operator, rule=rule, forbidden=forbidden)
         if ranking.chosen_at is None:
             return ranking
         why = Reason.PANIC if panic else Reason.ALL_DOWN

@@ -40,9 +40,16 @@ class Conditions:
         self.down: set[str] = set()
         self.from_here: set[str] = set()
         self.admit: dict[str, Admission] = {}
+        self.drained: set[str] = set()
 
     def unroutable(self) -> Mapping[str, str]:
-        return dict.fromkeys(self.down | self.from_here, "down")
+        return {
+            **dict.fromkeys(self.down | self.from_here, "down"),
+            **dict.fromkeys(self.drained, "draining"),
+        }
+
+    def operator(self) -> Mapping[str, str]:
+        return dict.fromkeys(self.drained, "draining")
 
     def pinned(self) -> Mapping[str, str]:
         return dict.fromkeys(self.down, "down")
@@ -98,6 +105,7 @@ async def edges(redis_server: RedisServer) -> AsyncIterator[Edges]:
                     pinned=conditions.pinned,
                     detours=conditions.detours,
                     admissions=conditions.admissions,
+                    operator=conditions.operator,
                 )
             )
         return routers, conditions
@@ -268,3 +276,29 @@ async def test_a_tenant_session_whose_home_is_down_gets_503_with_strict(edges: E
     world.down.add("us-east")
     refused = await routers[0].route(KOELN, "s-acme", tenant="acme")
     assert (refused.cluster, refused.reason) == (None, Reason.PINNED_DOWN)
+
+
+async def test_in_panic_health_is_ignored_but_a_drained_cluster_stays_out(edges: Edges) -> None:
+    routers, world = edges(1, panic_below=0.5)
+    world.down.update(n for n in SITES if n not in ("ap-sydney", "eu-central"))
+    world.drained.add("eu-central")
+    decision = await routers[0].route(KOELN, "s-drained")
+    assert (decision.cluster and decision.cluster.name, decision.reason) == (
+        "eu-west",
+        Reason.PANIC,
+    )
+    candidates = {c.cluster.name: c for c in decision.ranking.candidates}
+    assert candidates["eu-central"].why == "draining"
+    assert candidates["eu-west"].ignored == "down"
+
+
+async def test_all_down_fallback_never_picks_a_drained_fallback(edges: Edges) -> None:
+    routers, world = edges(1, all_down="fallback")
+    world.down.update(SITES)
+    world.drained.add("us-east")
+    decision = await routers[0].route(KOELN, "s-fallback")
+    assert decision.reason is Reason.ALL_DOWN
+    assert decision.cluster is not None
+    assert decision.cluster.name != "us-east"
+    # The fallback order, not geography: the cluster nearest the fallback.
+    assert decision.cluster.name == decision.ranking.order[1][0].name

@@ -202,6 +202,7 @@ def create_app(
                 sessions=sessions,
                 pinned=view.pinned,
                 admissions=view.admissions,
+                operator=view.operator,
                 detours=view.detours,
                 homes=tenants.current,
             )

@@ -110,6 +110,14 @@ class RoutableView:
         """The clusters a session pinned to may not stay on (a draining one may)."""
         return self._current().pinned
 
+    def operator(self) -> Mapping[str, str]:
+        """The clusters the operator took out for new sessions (drained, forced down),
+        whatever health says: what still holds when health is ignored."""
+        if self._controls is None:
+            return _NO_DETOURS
+        _, controls = self._controls()
+        return routability(_NO_DETOURS, {}, controls, self._clock()).new
+
     def admissions(self) -> tuple[Mapping[str, Admission], Mapping[str, float]]:
         """The clusters taking only a share of new sessions now (load, failback ramp),
         and the load each up cluster last reported."""

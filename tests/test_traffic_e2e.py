@@ -85,6 +85,7 @@ def test_a_loaded_cluster_takes_its_share_of_new_sessions_and_keeps_the_ones_it_
     wait_for(lambda: share_is(edge, "eu-central", 0.5), timeout_s=10, what="the load to be seen")
     first = batch(edge, "a")
     counts = Counter(d["cluster"] for d in first)
+    print(f"\nSPILL load=0.875 share=0.5 sessions={SESSIONS} {dict(counts)}")
     assert set(counts) == {"eu-central", "eu-west"}
     assert 0.42 * SESSIONS <= counts["eu-central"] <= 0.58 * SESSIONS, counts
     assert {d["reason"] for d in first if d["cluster"] == "eu-west"} == {"spill"}
@@ -151,6 +152,7 @@ def test_temporary_sessions_wait_out_stabilize_then_go_home_along_the_ramp(
         if home == SESSIONS:
             break
         time.sleep(0.3)
+    print(f"\nRAMP stabilize_s={stabilize_s} ramp_s={ramp_s} home per batch: {home_counts}")
     assert home_counts[-1] == SESSIONS, home_counts
     assert home_counts[0] == 0, home_counts
     assert home_counts == sorted(home_counts), home_counts

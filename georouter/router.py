@@ -165,23 +165,10 @@ class Router:
             admit=admit,
             loads=loads,
             tenant=view,
-        )
-        if ranking.ignored is not None and self._operator is not None:
             # Panic and all_down ignore health, not the operator: a drained or
-            # forced-down cluster stays out.
-            ruled_out = self._operator()
-            if ruled_out:
-                ranking = rt.rank(
-                    location,
-                    unroutable,
-                    client_ip=client_ip,
-                    spread=spread_by,
-                    override=override,
-                    admit=admit,
-                    loads=loads,
-                    tenant=view,
-                    operator=ruled_out,
-                )
+            # forced-down cluster stays out (asked for only when health is ignored).
+            operator=self._operator,
+        )
         return location, ranking
 
     def _held(self) -> Admissions:

@@ -147,7 +147,7 @@ class Runtime:
         admit: Mapping[str, Admission] = _NO_ADMISSIONS,
         loads: Mapping[str, float] = _NO_LOADS,
         tenant: TenantView | None = None,
-        operator: Mapping[str, str] = _NOTHING,
+        operator: Callable[[], Mapping[str, str]] | None = None,
     ) -> Ranking:
         """The ranking for a client at ``location``: its order (its rule's clusters
         first), the first routable allowed cluster that takes the session
@@ -180,18 +180,8 @@ class Runtime:
         router = self.config.router
         rule = None if rule_at is None else self.rules.rules[rule_at]
         forbidden = _NO_RULE if rule_at is None else self.rules.forbidden[rule_at]
-        if router.panic_below > 0 and self.panicking(unroutable):
-            ranking = self._ignoring(
-                order,
-                reason,
-                unroutable,
-                rule_at=rule_at,
-                spread=spread,
-                anchor=anchor,
-                operator=operator,
-                panic=True,
-            )
-        else:
+        panic = router.panic_below > 0 and self.panicking(unroutable)
+        if not panic:
             ranking = choose(
                 order,
                 reason,
@@ -205,16 +195,17 @@ class Runtime:
                 spread_km=router.failover_spread_km,
                 loads=loads,
             )
-            if ranking.chosen_at is None and router.all_down is not AllDown.REFUSE:
-                ranking = self._ignoring(
-                    order,
-                    reason,
-                    unroutable,
-                    rule_at=rule_at,
-                    spread=spread,
-                    anchor=anchor,
-                    operator=operator,
-                )
+        if panic or (ranking.chosen_at is None and router.all_down is not AllDown.REFUSE):
+            ranking = self._ignoring(
+                order,
+                reason,
+                unroutable,
+                rule_at=rule_at,
+                spread=spread,
+                anchor=anchor,
+                operator=_NOTHING if operator is None else operator(),
+                panic=panic,
+            )
         return ranking if tenant is None else ranking._replace(tenant=tenant)
 
     def _ignoring(
@@ -227,7 +218,7 @@ class Runtime:
         spread: int | str | bytes | None,
         anchor: str,
         operator: Mapping[str, str],
-        panic: bool = False,
+        panic: bool,
     ) -> Ranking:
         """The ranking when health is ignored: in panic (too few clusters look healthy
         to trust health: spread over all of them rather than pile every client onto
